@@ -99,7 +99,8 @@ class ProjectedDiscriminator(torch.nn.Module):
         cond:          projection conditioning on `c` (needs c_dim > 0).
         separable:     depthwise-separable convs in the mini-discriminators.
         diffaug, diffaug_policy: DiffAugment applied to every image D sees, real or fake.
-        channels_last: run the backbone in channels_last memory format (None: auto, on for CUDA and CPU).
+        channels_last: run the backbone in channels_last memory format (None: auto, on for CUDA only; on the
+                       CPUs we measured it was slower, see docs/benchmarks.md).
         bf16:          autocast the backbone to bfloat16 (None: auto, on for CUDA only; CPUs without native
                        bf16 get slower, see docs/benchmarks.md).
         plain:         reference implementation for benchmarks: backbone weights stay autograd leaves (gradients
@@ -131,9 +132,10 @@ class ProjectedDiscriminator(torch.nn.Module):
         self.diffaug_policy = diffaug_policy
         parse_policy(diffaug_policy)
         self.plain = bool(plain)
-        self.channels_last = (not plain) if channels_last is None else bool(channels_last)
+        self.channels_last = False if plain else channels_last
         self.bf16 = bf16
         self._inputs_checked = 0
+        self._backbone_channels_last = False
 
         self.feature_network = FrozenFeatureNetwork(backbone, weights=weights, pretrained=pretrained,
                                                     feat_res=feat_res, keep_parameters=plain)
@@ -142,8 +144,6 @@ class ProjectedDiscriminator(torch.nn.Module):
         self.discs = torch.nn.ModuleList(
             MiniDiscriminator(ch, res, grid_res=resolutions[-1], c_dim=c_dim if cond else 0, separable=separable)
             for ch, res in zip(self.projection.out_channels[:num_discs], resolutions[:num_discs]))
-        if self.channels_last:
-            self.feature_network.to(memory_format=torch.channels_last)
 
     def train(self, mode=True):
         super().train(mode)
@@ -180,7 +180,10 @@ class ProjectedDiscriminator(torch.nn.Module):
             img = img.expand(-1, 3, -1, -1)
         if self.diffaug:
             img = DiffAugment(img, self.diffaug_policy)
-        if self.channels_last:
+        if (img.is_cuda if self.channels_last is None else self.channels_last):
+            if not self._backbone_channels_last:  # Converted once, on first use, on the device it runs on.
+                self.feature_network.to(memory_format=torch.channels_last)
+                self._backbone_channels_last = True
             img = img.contiguous(memory_format=torch.channels_last)
         with self._autocast(img.device):
             feats = self.projection(self.feature_network(img))

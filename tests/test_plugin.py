@@ -448,3 +448,17 @@ def test_plugin_imports_nothing_from_the_host_packages():
             src = open(os.path.join(REPO, "projector_plugin", name)).read()
             for pkg in ("training", "torch_utils", "metrics"):
                 assert f"from {pkg}" not in src and f"import {pkg}" not in src, (name, pkg)
+
+
+def test_fast_path_options_keep_the_logits():
+    """channels_last and the plain reference compute the same function; bf16 stays close."""
+    torch.manual_seed(0)
+    ref = ProjectedDiscriminator(feat_res=64, diffaug=False, channels_last=False).eval()
+    img = _imgs(2, 32)
+    with torch.no_grad():
+        expected = ref(img)
+        for kwargs, tol in ((dict(channels_last=True), 1e-4), (dict(plain=True), 1e-5), (dict(bf16=True), 0.1)):
+            other = ProjectedDiscriminator(feat_res=64, diffaug=False, **kwargs).eval()
+            other.load_state_dict(ref.state_dict())
+            got = other(img)
+            assert (got - expected).abs().max() <= tol * expected.abs().max(), kwargs
