@@ -1,0 +1,439 @@
+"""Feature extraction for the metrics: real data (cached on disk), generated images, multi-GPU gathering.
+
+All ranks run the same code. Each rank embeds its share of the images, and after every batch the features
+of all ranks are gathered (`torch.distributed.all_gather`), so every rank ends with the same statistics.
+Statistics of real data are cached on disk per (dataset path + a fingerprint of its files' sizes and
+mtimes, dataset options, detector, number of images, kind of statistics), so evaluating snapshot after
+snapshot embeds only the generated images.
+"""
+
+import copy
+import hashlib
+import json
+import os
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from . import detectors
+from .inception import default_cache_dir
+
+CACHE_VERSION = 1
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+class MetricError(ValueError):
+    """Bad input to a metric (empty folder, too few images, resolution mismatch, ...)."""
+
+
+# ----------------------------------------------------------------------------
+
+
+class MetricOptions:
+    """Everything a metric needs to know about where images come from and how to run.
+
+    G               generator (torch.nn.Module, images in [-1, 1]) or None for dataset-vs-dataset.
+    dataset_kwargs  real data: dict(path=...) plus ImageFolderDataset options, or dict(class_name=..., ...).
+    dataset2_kwargs a second dataset that plays the role of the generator (folder-vs-folder mode).
+    detector_kwargs {detector_name: kwargs for get_detector}, e.g. {'inception': dict(path=...)}.
+    """
+
+    def __init__(self, G=None, G_kwargs=None, dataset_kwargs=None, dataset2_kwargs=None, num_gpus=1, rank=0,
+                 device=None, cache_dir=None, batch_size=64, cache=True, progress=False, seed=0,
+                 detector_kwargs=None, num_workers=None, fd_method="sqrtm"):
+        if dataset_kwargs is None or not dataset_kwargs:
+            raise MetricError("dataset_kwargs must name the real data, e.g. dict(path='data/ffhq.zip')")
+        assert 0 <= rank < num_gpus
+        self.G = G
+        self.G_kwargs = dict(G_kwargs or {})
+        self.dataset_kwargs = dict(dataset_kwargs)
+        self.dataset2_kwargs = dict(dataset2_kwargs) if dataset2_kwargs else None
+        self.num_gpus = num_gpus
+        self.rank = rank
+        self.device = torch.device(device) if device is not None else torch.device("cuda", rank)
+        self.cache_dir = cache_dir or default_cache_dir()
+        self.batch_size = batch_size
+        self.cache = cache
+        self.progress = progress and rank == 0
+        self.seed = seed
+        self.detector_kwargs = dict(detector_kwargs or {})  # Per-detector overrides: {name: kwargs}.
+        if num_workers is None:
+            num_workers = min(3, max((os.cpu_count() or 1) - 1, 0)) if self.device.type == "cuda" else 0
+        self.num_workers = num_workers
+        self.fd_method = fd_method  # 'sqrtm' (reference) or 'eigh' (fast); see frechet_distance.py.
+
+
+# ----------------------------------------------------------------------------
+# Datasets.
+
+
+def _check_path(path, what="dataset"):
+    if path is None:
+        raise MetricError(f"{what}: no path given")
+    if not os.path.exists(path):
+        raise MetricError(f"{what} not found: {path}")
+    if os.path.isdir(path):
+        for _root, _dirs, files in os.walk(path):
+            if any(f.lower().endswith(IMAGE_EXTENSIONS) for f in files):
+                return
+        raise MetricError(f"{what} {path} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
+
+
+_open_datasets = {}  # (kwargs, fingerprint) -> dataset: opening reads every image header, so reuse it.
+
+
+def open_dataset(dataset_kwargs, what="dataset"):
+    """Construct the dataset (training.dataset.ImageFolderDataset unless `class_name` says otherwise).
+
+    Instances are reused while the files are unchanged (same fingerprint), because ImageFolderDataset
+    validates every image header when opened and metrics are evaluated again at every snapshot.
+    """
+    kwargs = dict(dataset_kwargs)
+    class_name = kwargs.pop("class_name", None)
+    kwargs["xflip"] = False  # Metrics compare against the data as it is, not its mirrored augmentation.
+    path = kwargs.get("path")
+    if class_name is None or class_name.endswith("ImageFolderDataset"):
+        _check_path(path, what)
+    key = (class_name, repr(sorted(kwargs.items())),
+           dataset_fingerprint(path) if isinstance(path, str) and os.path.exists(path) else None)
+    if key in _open_datasets:
+        return _open_datasets[key]
+    try:
+        if class_name is None:
+            from training.dataset import ImageFolderDataset
+            dataset = ImageFolderDataset(**kwargs)
+        else:
+            from torch_utils import util
+            dataset = util.construct_class_by_name(class_name=class_name, **kwargs)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise MetricError(f"cannot open {what} {path}: {e}") from e
+    if len(dataset) == 0:
+        raise MetricError(f"{what} {path} is empty")
+    if len(_open_datasets) >= 4:
+        _open_datasets.pop(next(iter(_open_datasets)))
+    _open_datasets[key] = dataset
+    return dataset
+
+
+def dataset_image_shape(dataset):
+    """[C, H, W] of the dataset's images."""
+    shape = getattr(dataset, "image_shape", None)
+    if shape is not None:
+        return list(shape)
+    return list(np.asarray(dataset[0][0]).shape)
+
+
+def dataset_fingerprint(path):
+    """A hash that changes when the data changes: (name, size, mtime) of every file (or of the zip)."""
+    path = os.path.abspath(path)
+    h = hashlib.md5(path.encode())
+    if os.path.isdir(path):
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            for f in sorted(files):
+                st = os.stat(os.path.join(root, f))
+                h.update(f"{os.path.relpath(os.path.join(root, f), path)}:{st.st_size}:{st.st_mtime_ns};".encode())
+    else:
+        st = os.stat(path)
+        h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def subset_indices(num_items, max_items, seed=0):
+    """Indices of the images to use: all, or a fixed random subset (dataset order may be sorted by class)."""
+    if max_items is None or max_items >= num_items:
+        return np.arange(num_items)
+    return np.sort(np.random.RandomState(seed).choice(num_items, size=max_items, replace=False))
+
+
+# ----------------------------------------------------------------------------
+# Feature statistics.
+
+
+class FeatureStats:
+    """Accumulates features [N, D]: all of them (capture_all) and/or running mean/cov in float64."""
+
+    def __init__(self, capture_all=False, capture_mean_cov=False, max_items=None):
+        self.capture_all = capture_all
+        self.capture_mean_cov = capture_mean_cov
+        self.max_items = max_items
+        self.num_items = 0
+        self.num_features = None
+        self.all_features = []
+        self.raw_mean = None
+        self.raw_cov = None
+
+    def is_full(self):
+        return self.max_items is not None and self.num_items >= self.max_items
+
+    def append(self, x):
+        """x: float [N, D] (numpy or torch); items beyond max_items are dropped."""
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu().numpy()
+        x = np.asarray(x, dtype=np.float32)
+        assert x.ndim == 2
+        if self.num_features is None:
+            self.num_features = x.shape[1]
+            if self.capture_mean_cov:
+                self.raw_mean = np.zeros([self.num_features], dtype=np.float64)
+                self.raw_cov = np.zeros([self.num_features, self.num_features], dtype=np.float64)
+        assert x.shape[1] == self.num_features
+        if self.max_items is not None:
+            x = x[:max(self.max_items - self.num_items, 0)]
+        if x.shape[0] == 0:
+            return
+        self.num_items += x.shape[0]
+        if self.capture_all:
+            self.all_features.append(x)
+        if self.capture_mean_cov:
+            x64 = x.astype(np.float64)
+            self.raw_mean += x64.sum(axis=0)
+            self.raw_cov += x64.T @ x64
+
+    def get_all(self):
+        assert self.capture_all
+        if not self.all_features:
+            return np.zeros([0, self.num_features or 0], dtype=np.float32)
+        return np.concatenate(self.all_features, axis=0)
+
+    def get_mean_cov(self):
+        """Mean [D] and covariance [D, D] (normalised by N, as StyleGAN's FID) in float64."""
+        assert self.capture_mean_cov and self.num_items > 0
+        mean = self.raw_mean / self.num_items
+        cov = self.raw_cov / self.num_items - np.outer(mean, mean)
+        return mean, cov
+
+    def state(self):
+        state = dict(num_items=np.int64(self.num_items), num_features=np.int64(self.num_features or 0))
+        if self.capture_all:
+            state["all_features"] = self.get_all()
+        if self.capture_mean_cov:
+            state["raw_mean"], state["raw_cov"] = self.raw_mean, self.raw_cov
+        return state
+
+    def save(self, path):
+        """Atomic: the file appears complete or not at all."""
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".stats-", suffix=".npz")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **self.state())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path, capture_all, capture_mean_cov, max_items):
+        stats = cls(capture_all=capture_all, capture_mean_cov=capture_mean_cov, max_items=max_items)
+        with np.load(path, allow_pickle=False) as data:
+            stats.num_items = int(data["num_items"])
+            stats.num_features = int(data["num_features"])
+            if capture_all:
+                stats.all_features = [data["all_features"]]
+            if capture_mean_cov:
+                stats.raw_mean, stats.raw_cov = data["raw_mean"], data["raw_cov"]
+        return stats
+
+
+def _gather(x, valid, opts):
+    """All ranks' [B, D] features (+ validity mask [B]) -> valid rows, identical on every rank.
+
+    Rows are interleaved (rank 0 row 0, rank 1 row 0, ...), which for the dataset's round-robin split
+    (slot k of rank r holds item k * num_gpus + r) restores the single-process order exactly, so results
+    do not depend on the number of GPUs.
+    """
+    if opts.num_gpus > 1:
+        x, valid = x.contiguous(), valid.to(torch.uint8)  # uint8: not every backend gathers bool.
+        xs = [torch.empty_like(x) for _ in range(opts.num_gpus)]
+        vs = [torch.empty_like(valid) for _ in range(opts.num_gpus)]
+        torch.distributed.all_gather(xs, x)
+        torch.distributed.all_gather(vs, valid)
+        x, valid = torch.stack(xs, dim=1).flatten(0, 1), torch.stack(vs, dim=1).flatten(0, 1)
+    return x[valid.bool()]
+
+
+class _Progress:
+    def __init__(self, opts, what, total):
+        self.enabled, self.what, self.total, self.t0, self.last = opts.progress, what, total, time.time(), 0
+        self.shown = None
+
+    def update(self, done, force=False):
+        if self.enabled and (force or time.time() - self.last > 5) and done != self.shown:
+            self.last, self.shown = time.time(), done
+            rate = done / max(self.last - self.t0, 1e-9)
+            print(f"  {self.what}: {done}/{self.total} images ({rate:.1f} img/s)", flush=True)
+
+
+# ----------------------------------------------------------------------------
+# Real data.
+
+
+def _stats_cache_path(opts, dataset_kwargs, detector_name, detector_kwargs, max_items, capture_all,
+                      capture_mean_cov, feature_kind):
+    desc = dict(version=CACHE_VERSION, fingerprint=dataset_fingerprint(dataset_kwargs["path"]),
+                dataset_kwargs={k: repr(v) for k, v in sorted(dataset_kwargs.items()) if k != "xflip"},
+                detector=detector_name,
+                detector_kwargs={k: repr(v) for k, v in sorted(detector_kwargs.items()) if k != "cache_dir"},
+                feature_kind=feature_kind, max_items=max_items, capture_all=capture_all,
+                capture_mean_cov=capture_mean_cov, seed=opts.seed)
+    key = hashlib.md5(json.dumps(desc, sort_keys=True).encode()).hexdigest()
+    name = os.path.splitext(os.path.basename(os.path.normpath(dataset_kwargs["path"])))[0]
+    kind = "-".join(k for k, on in (("all", capture_all), ("meancov", capture_mean_cov)) if on)
+    count = "full" if max_items is None else max_items
+    return os.path.join(opts.cache_dir, "gan-metrics",
+                        f"{name}-{detector_name}-{feature_kind}-{kind}-{count}-{key}.npz")
+
+
+def _broadcast_flag(flag, opts):
+    if opts.num_gpus > 1:
+        t = torch.tensor([int(flag)], dtype=torch.int64, device=opts.device)
+        torch.distributed.broadcast(t, src=0)
+        flag = bool(t.item())
+    return flag
+
+
+def _detector(opts, detector_name, detector_kwargs):
+    kwargs = dict(opts.detector_kwargs.get(detector_name, {}))
+    kwargs.update(detector_kwargs)
+    if detector_name == "inception":
+        kwargs.setdefault("cache_dir", opts.cache_dir)  # Downloaded weights live beside the statistics.
+    return detectors.get_detector(detector_name, device=opts.device, **kwargs)
+
+
+def _collate_images(batch):
+    """[(uint8 [C, H, W], label), ...] -> uint8 [B, C, H, W]; np.stack copies, so read-only arrays are fine."""
+    return torch.from_numpy(np.stack([np.asarray(item[0]) for item in batch]))
+
+
+def compute_feature_stats_for_dataset(opts, detector_name, detector_kwargs=None, max_items=None,
+                                      capture_all=False, capture_mean_cov=False, which="dataset",
+                                      use_cache=True, feature_fn=None, feature_kind="features"):
+    """Embed the real images (all, or a fixed random subset of `max_items`) -> FeatureStats.
+
+    A non-None `max_items` is a requirement: fewer images than that is an error (a "_full" metric passes
+    None). The result is cached on disk; a cache hit neither builds nor calls the detector.
+    feature_fn(detector, images) -> [B, D] replaces `detector(images)`; `feature_kind` names it in the cache key.
+    """
+    dataset_kwargs = opts.dataset_kwargs if which == "dataset" else opts.dataset2_kwargs
+    what = "dataset" if which == "dataset" else "second dataset (--data2)"
+    dataset = open_dataset(dataset_kwargs, what)
+    if max_items is not None and len(dataset) < max_items:
+        raise MetricError(f"{what} {dataset_kwargs.get('path')} has {len(dataset)} images, but the metric needs "
+                          f"{max_items}; use a metric with a smaller count (e.g. fid2k_full) or a '_full' one")
+    merged_kwargs = dict(opts.detector_kwargs.get(detector_name, {}))
+    merged_kwargs.update(detector_kwargs or {})
+
+    cache_file = None
+    if opts.cache and use_cache and dataset_kwargs.get("path") is not None:
+        cache_file = _stats_cache_path(opts, dataset_kwargs, detector_name, merged_kwargs, max_items, capture_all,
+                                       capture_mean_cov, feature_kind)
+        if _broadcast_flag(opts.rank == 0 and os.path.isfile(cache_file), opts):
+            return FeatureStats.load(cache_file, capture_all, capture_mean_cov, max_items)
+
+    detector = _detector(opts, detector_name, detector_kwargs or {})
+    feature_fn = feature_fn or (lambda det, images: det(images))
+    indices = subset_indices(len(dataset), max_items, seed=opts.seed)
+    # Every rank gets the same number of batches (the gather needs equal shapes); slots past the end
+    # repeat the last image and are masked out after the gather.
+    per_rank = -(-len(indices) // opts.num_gpus)
+    own = np.arange(per_rank) * opts.num_gpus + opts.rank
+    valid = own < len(indices)
+    own_indices = indices[np.minimum(own, len(indices) - 1)]
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, own_indices.tolist()),
+                                         batch_size=opts.batch_size, shuffle=False, num_workers=opts.num_workers,
+                                         pin_memory=opts.device.type == "cuda", collate_fn=_collate_images)
+    stats = FeatureStats(capture_all=capture_all, capture_mean_cov=capture_mean_cov, max_items=len(indices))
+    progress = _Progress(opts, f"{detector_name} {feature_kind} of {dataset_kwargs.get('path')}", len(indices))
+    offset = 0
+    for images in loader:
+        features = feature_fn(detector, images)
+        batch_valid = torch.from_numpy(valid[offset:offset + len(images)]).to(features.device)
+        offset += len(images)
+        stats.append(_gather(features, batch_valid, opts))
+        progress.update(stats.num_items)
+    progress.update(stats.num_items, force=True)
+
+    if cache_file is not None and opts.rank == 0:
+        stats.save(cache_file)
+    return stats
+
+
+# ----------------------------------------------------------------------------
+# Generated images.
+
+
+def to_uint8(img):
+    """Generator output float [N, C, H, W] in [-1, 1] -> uint8 [0, 255] (round to nearest, as StyleGAN)."""
+    return (img * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+
+
+def check_generator_vs_dataset(G, dataset, dataset_kwargs):
+    shape = dataset_image_shape(dataset)
+    res, ch = getattr(G, "img_resolution", None), getattr(G, "img_channels", None)
+    if res is not None and (shape[1] != res or shape[2] != res):
+        raise MetricError(f"resolution mismatch: the network generates {res}x{res} images but the dataset "
+                          f"{dataset_kwargs.get('path')} has {shape[2]}x{shape[1]}")
+    if ch is not None and shape[0] != ch:
+        raise MetricError(f"channel mismatch: the network generates {ch}-channel images but the dataset "
+                          f"{dataset_kwargs.get('path')} has {shape[0]} channels")
+
+
+def _label_sampler(opts, G):
+    """-> fn(batch_size, rng) giving labels [B, c_dim] drawn from the dataset's label distribution."""
+    c_dim = getattr(G, "c_dim", 0)
+    if not c_dim:
+        return lambda n, rng: torch.zeros([n, 0])
+    kwargs = dict(opts.dataset_kwargs, use_labels=True)
+    dataset = open_dataset(kwargs)
+    get_label = getattr(dataset, "get_label", None) or (lambda i: dataset[i][1])
+    labels = np.stack([np.asarray(get_label(i), dtype=np.float32) for i in range(len(dataset))])
+    if labels.ndim != 2 or labels.shape[1] != c_dim:
+        raise MetricError(f"the network is conditional (c_dim={c_dim}) but the dataset's labels have shape "
+                          f"{list(labels.shape[1:])}; is dataset.json present?")
+    labels = torch.from_numpy(labels)
+    return lambda n, rng: labels[torch.randint(len(labels), [n], generator=rng)]
+
+
+def iterate_generated_images(opts, batch_size=None):
+    """Endless iterator of uint8 [B, C, H, W] generated images on this rank (rank-specific seeds)."""
+    batch_size = batch_size or opts.batch_size
+    G = copy.deepcopy(opts.G).eval().requires_grad_(False).to(opts.device)
+    sample_c = _label_sampler(opts, G)
+    rng = torch.Generator().manual_seed(opts.seed * 1000003 + opts.rank)  # CPU RNG: same z on any device.
+    while True:
+        z = torch.randn([batch_size, G.z_dim], generator=rng).to(opts.device)
+        c = sample_c(batch_size, rng).to(opts.device)
+        with torch.no_grad():
+            img = G(z, c, **opts.G_kwargs)
+        yield to_uint8(img)
+
+
+def compute_feature_stats_for_generator(opts, detector_name, detector_kwargs=None, num_gen=50000,
+                                        capture_all=False, capture_mean_cov=False, feature_fn=None,
+                                        feature_kind="features"):
+    """Embed `num_gen` generated images (or images of the second dataset) -> FeatureStats.
+
+    feature_fn(detector, images) -> [B, D] overrides the embedding (the IS uses the classifier logits);
+    `feature_kind` names it for the cache key when the second dataset stands in for the generator.
+    """
+    if opts.G is None:
+        if opts.dataset2_kwargs is None:
+            raise MetricError("nothing to evaluate: give a network (G) or a second dataset")
+        return compute_feature_stats_for_dataset(opts, detector_name, detector_kwargs, max_items=num_gen,
+                                                 capture_all=capture_all, capture_mean_cov=capture_mean_cov,
+                                                 which="dataset2", feature_fn=feature_fn, feature_kind=feature_kind)
+    detector = _detector(opts, detector_name, detector_kwargs or {})
+    feature_fn = feature_fn or (lambda det, images: det(images))
+    stats = FeatureStats(capture_all=capture_all, capture_mean_cov=capture_mean_cov, max_items=num_gen)
+    progress = _Progress(opts, f"{detector_name} features of generated images", num_gen)
+    images_iter = iterate_generated_images(opts)
+    while not stats.is_full():
+        features = feature_fn(detector, next(images_iter))
+        stats.append(_gather(features, torch.ones(len(features), dtype=torch.bool, device=features.device), opts))
+        progress.update(stats.num_items)
+    progress.update(stats.num_items, force=True)
+    return stats

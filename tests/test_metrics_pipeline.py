@@ -1,0 +1,364 @@
+"""calc_metric / report_metric / calc_metrics.py end to end, on folders of PNGs.
+
+A cheap stand-in detector (block means of the image, 12 features) replaces the real networks here so that
+the plumbing -- datasets, caching, generator sampling, multi-process gathering, CLI -- is tested quickly;
+the real detectors are checked in test_metrics_inception.py.
+"""
+
+import json
+import os
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+
+from metrics import detectors, metric_main, metric_utils
+from metrics.detectors import FeatureDetector
+from metrics.metric_utils import MetricError
+
+RES = 16
+NUM_IMAGES = 30
+
+# ----------------------------------------------------------------------------
+# Fixtures: images, a toy detector, a toy generator.
+
+
+def write_folder(path, num, seed, brightness, res=RES, channels=3):
+    os.makedirs(path, exist_ok=True)
+    rng = np.random.RandomState(seed)
+    for i in range(num):
+        base = rng.uniform(0, 1, [4, 4, channels]) * 120 + brightness
+        img = np.kron(base, np.ones([res // 4, res // 4, 1])) + rng.normal(0, 8, [res, res, channels])
+        img = np.clip(img, 0, 255).astype(np.uint8)
+        PIL.Image.fromarray(img[:, :, 0] if channels == 1 else img).save(os.path.join(path, f"{i:04d}.png"))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("metric-data")
+    os.makedirs(root / "empty" / "sub")
+    (root / "empty" / "readme.txt").write_text("no images here")
+    return dict(
+        A=write_folder(root / "A", NUM_IMAGES, seed=0, brightness=20),
+        A2=write_folder(root / "A2", NUM_IMAGES, seed=1, brightness=20),  # Same distribution as A.
+        B=write_folder(root / "B", NUM_IMAGES, seed=2, brightness=110),   # Brighter.
+        gray=write_folder(root / "gray", 8, seed=3, brightness=20, channels=1),
+        empty=str(root / "empty"),
+    )
+
+
+class BlockMeans(FeatureDetector):
+    """Stand-in detector: 2x2 block means per channel, in [0, 1] -> [N, 12]. Counts its calls."""
+
+    feature_dim = 12
+    calls = 0
+    builds = []
+
+    def __init__(self, name):
+        super().__init__()
+        self.name = name
+        self.register_buffer("scale", torch.tensor(1 / 255))
+        BlockMeans.builds.append(name)
+
+    def forward(self, images):
+        BlockMeans.calls += 1
+        return F.adaptive_avg_pool2d(self.prepare(images), 2).flatten(1) * self.scale
+
+    def logits(self, images):  # A "classifier" for the IS plumbing: 12 classes.
+        return self.forward(images) * 20
+
+
+@pytest.fixture
+def toy(monkeypatch):
+    """Route every registered detector name to BlockMeans; reset counters and the detector cache."""
+    for name in ("inception", "dinov2_vitl14", "clip_vitb32"):
+        monkeypatch.setitem(detectors._FACTORIES, name, lambda _n=name, **kw: BlockMeans(_n))
+    BlockMeans.calls, BlockMeans.builds = 0, []
+    detectors.clear_cache()
+    yield BlockMeans
+    detectors.clear_cache()
+
+
+class Recorder(list):
+    """A list that survives copy.deepcopy (calc_metric evaluates a deep copy of G)."""
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+class ToyGenerator(torch.nn.Module):
+    """Host-interface generator: G(z, c) -> [N, C, R, R] in [-1, 1], a fixed random map of (z, c)."""
+
+    def __init__(self, z_dim=4, c_dim=0, img_resolution=RES, img_channels=3, brightness=0.0):
+        super().__init__()
+        self.z_dim, self.c_dim, self.img_resolution, self.img_channels = z_dim, c_dim, img_resolution, img_channels
+        torch.manual_seed(123)
+        self.proj = torch.nn.Linear(z_dim + c_dim, img_channels * 16)
+        self.brightness = brightness
+        self.seen_c = Recorder()
+
+    def forward(self, z, c, truncation_psi=1, truncation_cutoff=None, noise_mode="random", update_emas=False):
+        self.seen_c.append(c.clone())
+        x = torch.tanh(self.proj(torch.cat([z, c], dim=1)) + self.brightness).view(-1, self.img_channels, 4, 4)
+        return F.interpolate(x, size=(self.img_resolution, self.img_resolution), mode="nearest")
+
+
+def calc(metric, folders_or_paths, cache_dir, **kwargs):
+    a, b = folders_or_paths
+    return metric_main.calc_metric(metric, dataset_kwargs=dict(path=a), dataset2_kwargs=dict(path=b) if b else None,
+                                   cache_dir=str(cache_dir), batch_size=8, **kwargs)
+
+
+# ----------------------------------------------------------------------------
+# Metric values through the whole pipeline.
+
+
+def test_fd_folder_vs_itself_is_zero_and_different_sets_large_and_symmetric(toy, folders, tmp_path):
+    n = f"fid{NUM_IMAGES}_full"
+    same = calc(n, (folders["A"], folders["A"]), tmp_path)
+    assert set(same) == {"results", "metric", "total_time", "total_time_str", "num_gpus"}
+    assert same["metric"] == n and same["num_gpus"] == 1
+    assert abs(same["results"][n]) < 1e-7
+    ab = calc(n, (folders["A"], folders["B"]), tmp_path)["results"][n]
+    ba = calc(n, (folders["B"], folders["A"]), tmp_path)["results"][n]
+    aa2 = calc(n, (folders["A"], folders["A2"]), tmp_path)["results"][n]
+    assert ab > 0.5  # Mean brightness differs by ~90/255 in each of 12 features: |dmu|^2 ~ 1.5.
+    assert ab == pytest.approx(ba, rel=1e-6)
+    assert 0 < aa2 < ab / 10  # Same distribution, different samples: small but positive.
+    # The FD families use their own detectors.
+    toy.builds.clear()
+    detectors.clear_cache()
+    calc(f"fd_dinov2_{NUM_IMAGES}_full", (folders["A"], folders["B"]), tmp_path)
+    calc(f"fd_clip_{NUM_IMAGES}_full", (folders["A"], folders["B"]), tmp_path)
+    assert toy.builds == ["dinov2_vitl14", "clip_vitb32"]
+
+
+def test_kid_pr_is_end_to_end(toy, folders, tmp_path):
+    n = NUM_IMAGES
+    kid_same = calc(f"kid{n}_full", (folders["A"], folders["A2"]), tmp_path)["results"][f"kid{n}_full"]
+    kid_diff = calc(f"kid{n}_full", (folders["A"], folders["B"]), tmp_path)["results"][f"kid{n}_full"]
+    assert abs(kid_same) < 0.05 * kid_diff and kid_diff > 0
+    pr = calc(f"pr{n}_full", (folders["A"], folders["A"]), tmp_path)["results"]
+    assert pr == {f"pr{n}_full_precision": 1.0, f"pr{n}_full_recall": 1.0}
+    pr = calc(f"pr{n}_full", (folders["A"], folders["B"]), tmp_path)["results"]
+    assert pr[f"pr{n}_full_precision"] == 0.0 and pr[f"pr{n}_full_recall"] == 0.0
+    is_ = calc("is20", (folders["A"], folders["B"]), tmp_path)["results"]
+    assert set(is_) == {"is20_mean", "is20_std"} and is_["is20_mean"] >= 1.0
+
+
+def test_cache_hit_skips_the_detector(toy, folders, tmp_path):
+    n = f"fid{NUM_IMAGES}_full"
+    first = calc(n, (folders["A"], folders["B"]), tmp_path)["results"][n]
+    assert toy.calls > 0
+    toy.calls, toy.builds = 0, []
+    detectors.clear_cache()
+    # Both folders' statistics come from the disk cache: the detector is neither built nor called.
+    assert calc(n, (folders["A"], folders["B"]), tmp_path)["results"][n] == first
+    assert toy.calls == 0 and toy.builds == []
+    # With a generator only the generated images are embedded: 2 batches of 8 for 16 images.
+    metric_main.calc_metric("fid16_full", G=ToyGenerator(), dataset_kwargs=dict(path=folders["A"]),
+                            cache_dir=str(tmp_path), batch_size=8)
+    toy.calls = 0
+    metric_main.calc_metric("fid16_full", G=ToyGenerator(), dataset_kwargs=dict(path=folders["A"]),
+                            cache_dir=str(tmp_path), batch_size=8)
+    assert toy.calls == 2
+    # cache=False recomputes the real side too (30 images -> 4 batches).
+    toy.calls = 0
+    metric_main.calc_metric("fid16_full", G=ToyGenerator(), dataset_kwargs=dict(path=folders["A"]),
+                            cache_dir=str(tmp_path), batch_size=8, cache=False)
+    assert toy.calls == 2 + 4
+    files = os.listdir(os.path.join(tmp_path, "gan-metrics"))
+    assert all(f.endswith(".npz") and not f.startswith(".") for f in files)
+
+
+def test_cache_invalidated_when_the_data_changes(toy, folders, tmp_path):
+    data = write_folder(tmp_path / "data", 12, seed=5, brightness=20)
+    before = calc("fid12_full", (data, folders["B"]), tmp_path)["results"]["fid12_full"]
+    write_folder(tmp_path / "data", 12, seed=6, brightness=200)  # Same file names, new content.
+    toy.calls = 0
+    after = calc("fid12_full", (data, folders["B"]), tmp_path)["results"]["fid12_full"]
+    assert toy.calls == 2  # The changed folder was re-embedded (12 images, batch 8); B came from the cache.
+    assert after != before
+
+
+def test_generator_metrics(toy, folders, tmp_path):
+    G = ToyGenerator()
+    r1 = metric_main.calc_metric("fid20_full", G=G, dataset_kwargs=dict(path=folders["A"]), cache_dir=str(tmp_path),
+                                 batch_size=8, G_kwargs=dict(noise_mode="const"))
+    r2 = metric_main.calc_metric("fid20_full", G=G, dataset_kwargs=dict(path=folders["A"]), cache_dir=str(tmp_path),
+                                 batch_size=8, G_kwargs=dict(noise_mode="const"))
+    assert np.isfinite(r1["results"]["fid20_full"]) and r1["results"]["fid20_full"] > 0
+    assert r1["results"] == r2["results"]  # Fixed seeds: reproducible.
+    brighter = metric_main.calc_metric("fid20_full", G=ToyGenerator(brightness=2.0), batch_size=8,
+                                       dataset_kwargs=dict(path=folders["A"]), cache_dir=str(tmp_path))
+    assert brighter["results"]["fid20_full"] != r1["results"]["fid20_full"]
+    # Grayscale data + 1-channel generator work (repeated to RGB by the detector).
+    gray = metric_main.calc_metric("kid8_full", G=ToyGenerator(img_channels=1), batch_size=8,
+                                   dataset_kwargs=dict(path=folders["gray"]), cache_dir=str(tmp_path))
+    assert np.isfinite(gray["results"]["kid8_full"])
+
+
+def test_conditional_generator_gets_dataset_labels(toy, tmp_path):
+    data = write_folder(tmp_path / "labelled", 10, seed=7, brightness=50)
+    names = sorted(os.listdir(data))
+    with open(os.path.join(data, "dataset.json"), "w") as f:
+        json.dump({"labels": [[n, 1] for n in names]}, f)  # Every image is class 1 of 2.
+    G = ToyGenerator(c_dim=2)
+    metric_main.calc_metric("fid10_full", G=G, dataset_kwargs=dict(path=data, use_labels=True),
+                            cache_dir=str(tmp_path), batch_size=8)
+    c = torch.cat(G.seen_c)
+    assert c.shape[1] == 2 and torch.equal(c, torch.tensor([[0.0, 1.0]]).expand_as(c))
+
+
+def test_bad_inputs_give_clear_errors(toy, folders, tmp_path):
+    with pytest.raises(MetricError, match="contains no images"):
+        calc("fid10_full", (folders["empty"], folders["A"]), tmp_path)
+    with pytest.raises(MetricError, match="not found: .*missing"):
+        calc("fid10_full", (str(tmp_path / "missing"), folders["A"]), tmp_path)
+    with pytest.raises(MetricError, match=f"has {NUM_IMAGES} images, but the metric needs 100"):
+        calc("fid100", (folders["A"], folders["B"]), tmp_path)  # Non-_full: needs 100 real images.
+    with pytest.raises(MetricError, match=r"second dataset .* has 30 images, but the metric needs 50"):
+        calc("fid50_full", (folders["A"], folders["B"]), tmp_path)
+    with pytest.raises(MetricError, match="unknown metric 'fid_best'"):
+        calc("fid_best", (folders["A"], folders["B"]), tmp_path)
+    with pytest.raises(MetricError, match="resolution mismatch: the network generates 32x32 .* has 16x16"):
+        metric_main.calc_metric("fid10_full", G=ToyGenerator(img_resolution=32), dataset_kwargs=dict(path=folders["A"]))
+    with pytest.raises(MetricError, match="channel mismatch"):
+        metric_main.calc_metric("fid10_full", G=ToyGenerator(img_channels=1), dataset_kwargs=dict(path=folders["A"]))
+    with pytest.raises(MetricError, match="give a generator"):
+        metric_main.calc_metric("fid10_full", dataset_kwargs=dict(path=folders["A"]))
+    with pytest.raises(MetricError, match="must be positive"):
+        calc("fid0_full", (folders["A"], folders["B"]), tmp_path)
+    assert toy.calls == 0  # Every error is raised before any image is embedded.
+    assert not os.path.exists(os.path.join(tmp_path, "gan-metrics"))
+
+
+def test_report_metric_appends_json_lines(tmp_path):
+    run_dir = tmp_path / "00001-run"
+    result = dict(results=dict(fid50k_full=12.5), metric="fid50k_full", total_time=3.0, total_time_str="3s",
+                  num_gpus=1)
+    snap = str(run_dir / "network-snapshot-000100.pt")
+    line = metric_main.report_metric(result, run_dir=str(run_dir), snapshot_pkl=snap)
+    metric_main.report_metric(dict(result, results=dict(fid50k_full=10.0)), run_dir=str(run_dir))
+    lines = (run_dir / "metric-fid50k_full.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    first = json.loads(lines[0])
+    assert first["results"] == {"fid50k_full": 12.5} and first["snapshot_pkl"] == "network-snapshot-000100.pt"
+    assert first == line and json.loads(lines[1])["results"] == {"fid50k_full": 10.0}
+    assert metric_main.report_metric(result)["metric"] == "fid50k_full"  # No run_dir: nothing written.
+
+
+# ----------------------------------------------------------------------------
+# Multi-process: features split across ranks and all_gather'ed (gloo on CPU).
+
+
+def _worker(rank, world, init_file, out_dir, paths):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        detectors.register_detector("inception", lambda **kw: BlockMeans("inception"))
+        results = {}
+        for name in ("fid13", "kid13", "pr13"):  # 13 of 30 images: uneven split, padded slots masked out.
+            results.update(metric_main.calc_metric(name, dataset_kwargs=dict(path=paths[0]),
+                                                   dataset2_kwargs=dict(path=paths[1]), num_gpus=world, rank=rank,
+                                                   device=torch.device("cpu"), batch_size=4, cache=False)["results"])
+        G = ToyGenerator()
+        results.update(metric_main.calc_metric("fid7_full", G=G, dataset_kwargs=dict(path=paths[0]), num_gpus=world,
+                                               rank=rank, device=torch.device("cpu"), batch_size=2,
+                                               cache=False)["results"])
+        results["generated_batches"] = len(G.seen_c)
+        opts = metric_utils.MetricOptions(dataset_kwargs=dict(path=paths[0]), num_gpus=world, rank=rank,
+                                          device=torch.device("cpu"), batch_size=4, cache=False)
+        results["features"] = metric_utils.compute_feature_stats_for_dataset(
+            opts, "inception", max_items=13, capture_all=True).get_all().tolist()
+        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+            json.dump(results, f)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_multi_process_matches_single_process(toy, folders, tmp_path):
+    paths = (folders["A"], folders["B"])
+    torch.multiprocessing.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path), paths), nprocs=2)
+    r0 = json.loads((tmp_path / "rank0.json").read_text())
+    r1 = json.loads((tmp_path / "rank1.json").read_text())
+    single = {}
+    for name in ("fid13", "kid13", "pr13"):
+        single.update(calc(name, paths, tmp_path, cache=False)["results"])
+    for key, value in single.items():
+        assert r0[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key  # Same images, same order.
+        assert np.isnan(r1[key])  # Results live on rank 0.
+    # The gathered features are the single-process ones, in the same order, on every rank.
+    opts = metric_utils.MetricOptions(dataset_kwargs=dict(path=paths[0]), device=torch.device("cpu"), cache=False)
+    expected = metric_utils.compute_feature_stats_for_dataset(opts, "inception", max_items=13, capture_all=True)
+    np.testing.assert_array_equal(np.array(r0["features"], dtype=np.float32), expected.get_all())
+    np.testing.assert_array_equal(np.array(r1["features"], dtype=np.float32), expected.get_all())
+    assert np.isfinite(r0["fid7_full"])
+    assert r0["generated_batches"] == r1["generated_batches"] == 2  # 7 images from 2 ranks x 2 per batch.
+
+
+# ----------------------------------------------------------------------------
+# calc_metrics.py
+
+
+@pytest.fixture
+def cli():
+    import calc_metrics
+    runner = CliRunner()
+    return lambda *args: runner.invoke(calc_metrics.main, ["--device=cpu", "--quiet", *args])
+
+
+def test_cli_folder_vs_folder(toy, cli, folders, tmp_path):
+    run_dir = tmp_path / "out"
+    res = cli(f"--metrics=fid{NUM_IMAGES}_full,kid{NUM_IMAGES}_full", f"--data={folders['A']}",
+              f"--data2={folders['B']}", f"--run-dir={run_dir}", f"--cache-dir={tmp_path}", "--batch=8")
+    assert res.exit_code == 0, res.output
+    assert f"fid{NUM_IMAGES}_full" in res.output and f"kid{NUM_IMAGES}_full" in res.output
+    for name in (f"fid{NUM_IMAGES}_full", f"kid{NUM_IMAGES}_full"):
+        lines = (run_dir / f"metric-{name}.jsonl").read_text().splitlines()
+        assert len(lines) == 1 and name in json.loads(lines[0])["results"]
+
+
+def test_cli_errors(toy, cli, folders, tmp_path):
+    res = cli("--metrics=fid10k_full,fidd", f"--data={folders['A']}", f"--data2={folders['B']}")
+    assert res.exit_code == 2 and "unknown metric 'fidd'" in res.output
+    res = cli("--metrics=fid10_full", f"--data={tmp_path / 'nope'}", f"--data2={folders['B']}")
+    assert res.exit_code == 2 and "nope" in res.output
+    res = cli("--metrics=fid10_full", f"--data={folders['A']}")
+    assert res.exit_code == 2 and "--network" in res.output
+    res = cli("--metrics=fid10_full", f"--network={tmp_path / 'snap.pt'}")
+    assert res.exit_code == 2 and "file not found" in res.output
+    res = cli("--metrics=fid10_full", f"--data={folders['empty']}", f"--data2={folders['B']}",
+              f"--cache-dir={tmp_path}")
+    assert res.exit_code == 1 and "contains no images" in res.output
+    res = cli("--metrics=fid100", f"--data={folders['A']}", f"--data2={folders['B']}", f"--run-dir={tmp_path / 'r'}",
+              f"--cache-dir={tmp_path}")
+    assert res.exit_code == 1 and "has 30 images, but the metric needs 100" in res.output
+    assert not (tmp_path / "r").exists()  # Nothing written on failure.
+    assert toy.calls == 0
+
+
+def test_cli_network_snapshot(toy, cli, tmp_path):
+    from training import snapshot
+    from training.networks_fastgan import Generator
+    data32 = write_folder(tmp_path / "data32", 6, seed=8, brightness=40, res=32)
+    cfg = dict(class_name="training.networks_fastgan.Generator", z_dim=8, c_dim=0, w_dim=8, img_resolution=32,
+               img_channels=3, ngf=4, lite=True)
+    G = Generator(**{k: v for k, v in cfg.items() if k != "class_name"})
+    run_dir = tmp_path / "00000-run"
+    run_dir.mkdir()
+    snap = str(run_dir / "network-snapshot-000004.pt")
+    snapshot.save_snapshot(snap, networks=dict(G=cfg), G=G, G_ema=G,
+                           config=dict(training_set_kwargs=dict(class_name="training.dataset.ImageFolderDataset",
+                                                                path=data32, use_labels=False, xflip=True)))
+    res = cli("--metrics=fid6_full", f"--network={snap}", f"--cache-dir={tmp_path}", "--batch=4")
+    assert res.exit_code == 0, res.output
+    line = json.loads((run_dir / "metric-fid6_full.jsonl").read_text())
+    assert line["snapshot_pkl"] == "network-snapshot-000004.pt" and np.isfinite(line["results"]["fid6_full"])
+    # A dataset of another resolution than the network's.
+    res = cli("--metrics=fid6_full", f"--network={snap}", f"--data={write_folder(tmp_path / 'd16', 6, 9, 40)}",
+              f"--cache-dir={tmp_path}")
+    assert res.exit_code == 1 and "resolution mismatch" in res.output
