@@ -61,15 +61,15 @@ class MiniDiscriminator(torch.nn.Module):
         super().__init__()
         def width(res):
             return int(min(max_width, 64 * max(1, 64 // max(res, 1))))
-        res = in_res
-        layers = [_conv(in_channels, width(res), 3, 1, 1, separable), torch.nn.LeakyReLU(0.2, inplace=True)]
+        # As in the paper, the projected features enter the first strided block directly (no stem conv).
+        res, ch, layers = in_res, in_channels, []
         while res > grid_res:
-            layers.append(DownBlock(width(res), width((res + 1) // 2), separable))
-            res = (res + 1) // 2
+            layers.append(DownBlock(ch, width((res + 1) // 2), separable))
+            res, ch = (res + 1) // 2, width((res + 1) // 2)
         kernel = 4 if res >= 4 else res
         self.c_dim = c_dim
         self.cmap_dim = cmap_dim if c_dim > 0 else 1
-        layers.append(_conv(width(res), self.cmap_dim, kernel, separable=separable))
+        layers.append(_conv(ch, self.cmap_dim, kernel, separable=separable))
         self.main = torch.nn.Sequential(*layers)
         self.grid = res - kernel + 1
         if c_dim > 0:

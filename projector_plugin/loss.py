@@ -121,7 +121,11 @@ class ProjectedGANLoss:
                 self.report("Loss/scores/fake", gen_logits)
                 self.report("Loss/signs/fake", gen_logits.sign())
                 self.report("Loss/G/loss", loss_G)
-                loss_G.mul(gain).backward()
+                # Gradients for G only: D's weights (trainable or not) never get .grad from this phase, even in
+                # hosts that do not toggle requires_grad per phase, and no time is spent computing them.
+                g_params = [p for p in self.G.parameters() if p.requires_grad]
+                if g_params:
+                    loss_G.mul(gain).backward(inputs=g_params)
 
         if phase in ("Dmain", "Dboth"):
             with _ddp_sync(self.D, sync):

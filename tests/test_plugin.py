@@ -462,3 +462,12 @@ def test_fast_path_options_keep_the_logits():
             other.load_state_dict(ref.state_dict())
             got = other(img)
             assert (got - expected).abs().max() <= tol * expected.abs().max(), kwargs
+
+
+def test_generator_phase_never_writes_discriminator_grads(small_D):
+    """Hosts that do not toggle requires_grad per phase still get no D gradients from G's step."""
+    G = _ToyG(True)
+    small_D.requires_grad_(True).zero_grad(set_to_none=True)
+    ProjectedGANLoss("cpu", G, small_D).accumulate_gradients("Gmain", _imgs(2), None, torch.randn(2, 8), None, 1.0, 0)
+    assert G.fc.weight.grad is not None
+    assert all(p.grad is None for p in small_D.parameters())
