@@ -159,12 +159,12 @@ class ProjectedDiscriminator(torch.nn.Module):
         if self.cond and (c is None or c.ndim != 2 or c.shape != (img.shape[0], self.c_dim)):
             raise ValueError(f"cond=True: expects labels c [N, {self.c_dim}] = [{img.shape[0]}, {self.c_dim}], "
                              f"got {None if c is None else list(c.shape)}")
-        # A value check costs a device sync, so only the first calls pay for it: enough to catch [0, 255] or
-        # [0, 1] data pipelines, while tolerating generators that overshoot [-1, 1] a little.
+        # A value check costs a device sync, so only the first calls pay for it: enough to catch a [0, 255] data
+        # pipeline, while tolerating generators whose outputs are unbounded (StyleGAN2 at init reaches +-6).
         if self._inputs_checked < 2:
             self._inputs_checked += 1
             lo, hi = img.detach().aminmax()
-            if hi > 4 or lo < -4:
+            if hi > 16 or lo < -16:
                 raise ValueError(f"ProjectedDiscriminator expects images in [-1, 1], got values in "
                                  f"[{lo.item():.3g}, {hi.item():.3g}]: scale uint8 images with x / 127.5 - 1")
 

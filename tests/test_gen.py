@@ -1,0 +1,124 @@
+"""gen_images.py and gen_video.py on snapshots of freshly initialized tiny generators (no training needed)."""
+
+import os
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from click.testing import CliRunner
+
+import gen_images
+import gen_video
+from training import snapshot
+
+
+def _make_snapshot(path, c_dim):
+    net = dict(class_name="training.networks_fastgan.Generator", z_dim=32, w_dim=32, ngf=4, lite=True,
+               c_dim=c_dim, img_resolution=32, img_channels=3)
+    torch.manual_seed(c_dim)
+    G = snapshot.build_network(net)
+    with torch.no_grad():  # give w_avg (the truncation centre) a non-trivial value
+        G.mapping.w_avg.copy_(torch.randn(32) * 0.1)
+    snapshot.save_snapshot(str(path), networks={"G": net}, G=G, G_ema=G)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def snaps(tmp_path_factory):
+    root = tmp_path_factory.mktemp("snaps")
+    return dict(uncond=_make_snapshot(root / "uncond.pt", 0), cond=_make_snapshot(root / "cond.pt", 3))
+
+
+def _run(main, args):
+    return CliRunner().invoke(main, args, catch_exceptions=False)
+
+
+def _png(path):
+    return np.array(PIL.Image.open(path))
+
+
+def test_gen_images_per_seed_deterministic_and_grid(tmp_path, snaps):
+    out1, out2 = tmp_path / "a", tmp_path / "b"
+    r = _run(gen_images.main, [f"--network={snaps['uncond']}", "--seeds=0-3", f"--outdir={out1}", "--grid=2x2"])
+    assert r.exit_code == 0, r.output
+    r = _run(gen_images.main, [f"--network={snaps['uncond']}", "--seeds=2,3", f"--outdir={out2}"])
+    assert r.exit_code == 0, r.output
+    assert sorted(os.listdir(out1)) == ["grid.png", "seed0000.png", "seed0001.png", "seed0002.png", "seed0003.png"]
+    imgs = [_png(out1 / f"seed{s:04d}.png") for s in range(4)]
+    assert imgs[0].shape == (32, 32, 3) and imgs[0].dtype == np.uint8
+    assert not np.array_equal(imgs[0], imgs[1])  # different seeds, different images
+    assert np.array_equal(imgs[2], _png(out2 / "seed0002.png"))  # a seed gives the same image every time
+    grid = _png(out1 / "grid.png")
+    assert grid.shape == (64, 64, 3)
+    assert np.array_equal(grid[:32, 32:], imgs[1]) and np.array_equal(grid[32:, :32], imgs[2])
+
+
+def test_gen_images_truncation_zero_gives_the_mean_image(tmp_path, snaps):
+    r = _run(gen_images.main, [f"--network={snaps['uncond']}", "--seeds=0-2", f"--outdir={tmp_path}", "--trunc=0"])
+    assert r.exit_code == 0, r.output
+    imgs = [_png(tmp_path / f"seed{s:04d}.png") for s in range(3)]
+    assert np.array_equal(imgs[0], imgs[1]) and np.array_equal(imgs[0], imgs[2])
+
+
+def test_gen_images_class_labels(tmp_path, snaps):
+    r = _run(gen_images.main, [f"--network={snaps['cond']}", "--seeds=0", f"--outdir={tmp_path / 'c0'}", "--class=0"])
+    assert r.exit_code == 0, r.output
+    r = _run(gen_images.main, [f"--network={snaps['cond']}", "--seeds=0", f"--outdir={tmp_path / 'c2'}", "--class=2"])
+    assert r.exit_code == 0, r.output
+    assert not np.array_equal(_png(tmp_path / "c0" / "seed0000.png"), _png(tmp_path / "c2" / "seed0000.png"))
+
+
+@pytest.mark.parametrize("which,args,fragment", [
+    ("uncond", ["--class=1"], "unconditional"),
+    ("cond", [], "conditional with 3 classes; pass --class=0..2"),
+    ("cond", ["--class=3"], "out of range 0..2"),
+    ("uncond", ["--seeds=5-2"], "end is smaller than start"),
+    ("uncond", ["--grid=1x1"], "1 cells for 2 seeds"),
+    ("missing", [], "does not exist"),
+])
+def test_gen_images_bad_options(tmp_path, snaps, which, args, fragment):
+    network = snaps.get(which, str(tmp_path / "missing.pt"))
+    seeds = [] if any(a.startswith("--seeds") for a in args) else ["--seeds=0,1"]
+    r = CliRunner().invoke(gen_images.main, [f"--network={network}", f"--outdir={tmp_path / 'o'}"] + seeds + args)
+    assert r.exit_code == 2 and fragment in r.output, r.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_interpolate_passes_through_keys_and_loops():
+    keys = torch.tensor([[0.0], [1.0], [3.0]])
+    for kind in ("linear", "cubic"):
+        path = gen_video.interpolate(keys, 4, kind)
+        assert path.shape == (12, 1)
+        assert torch.allclose(path[::4], keys)  # every 4th frame is a keyframe
+    lin = gen_video.interpolate(keys, 4, "linear")
+    assert torch.allclose(lin[1:4, 0], torch.tensor([0.25, 0.5, 0.75]))
+    assert torch.allclose(lin[9:, 0], torch.tensor([2.25, 1.5, 0.75]))  # back towards the first key
+
+
+def test_gen_video_gif_grid(tmp_path, snaps):
+    out = tmp_path / "v.gif"
+    r = _run(gen_video.main, [f"--network={snaps['uncond']}", "--seeds=0-5", "--grid=3x1", "--frames=3",
+                              f"--output={out}", "--kind=linear"])
+    assert r.exit_code == 0, r.output
+    gif = PIL.Image.open(out)
+    assert gif.n_frames == 2 * 3 and gif.size == (96, 32)  # 2 keyframes per cell x 3 frames, 3 cells wide
+    frames = []
+    for i in range(gif.n_frames):
+        gif.seek(i)
+        frames.append(np.array(gif.convert("RGB")))
+    assert not np.array_equal(frames[0], frames[1])  # it moves
+
+
+def test_gen_video_errors(tmp_path, snaps):
+    r = CliRunner().invoke(gen_video.main, [f"--network={snaps['uncond']}", "--seeds=0-4", "--grid=2x1",
+                                            f"--output={tmp_path / 'v.gif'}"])
+    assert r.exit_code == 2 and "cannot be split evenly over 2 grid cells" in r.output
+    r = CliRunner().invoke(gen_video.main, [f"--network={snaps['uncond']}", "--seeds=0-1",
+                                            f"--output={tmp_path / 'v.avi'}"])
+    assert r.exit_code == 2 and ".mp4 or .gif" in r.output
+    if not gen_video.mp4_available():
+        r = CliRunner().invoke(gen_video.main, [f"--network={snaps['uncond']}", "--seeds=0-1",
+                                                f"--output={tmp_path / 'v.mp4'}"])
+        assert r.exit_code == 2 and "imageio-ffmpeg" in r.output
+    assert not (tmp_path / "v.gif").exists() and not (tmp_path / "v.mp4").exists()

@@ -1,0 +1,171 @@
+"""Small host utilities: attribute dicts, building objects from `class_name` config dicts, formatting.
+
+Configs throughout the toolkit are plain dicts such as
+`{'class_name': 'training.networks_fastgan.Generator', 'z_dim': 256, ...}`; `construct_class_by_name`
+turns one into an object, so any network, loss or optimizer can be swapped by editing a JSON file.
+"""
+
+import importlib
+import re
+import types
+from typing import Any, List, Tuple
+
+
+class EasyDict(dict):
+    """A dict whose keys are also attributes (`d.lr` is `d['lr']`)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+    def __delattr__(self, name: str) -> None:
+        del self[name]
+
+
+def get_module_from_obj_name(obj_name: str) -> Tuple[types.ModuleType, str]:
+    """Split 'pkg.module.Attr.sub' into the longest importable module and the remaining attribute path."""
+    parts = obj_name.split(".")
+    errors = []
+    # Try the longest module path first so that 'torch.optim.Adam' resolves to module torch.optim.
+    for i in range(len(parts), 0, -1):
+        module_name = ".".join(parts[:i])
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            # Only swallow "this very module does not exist"; a missing dependency *inside* an existing
+            # module is a real error that the user must see.
+            if err.name is not None and (module_name == err.name or module_name.startswith(err.name + ".")):
+                errors.append(err)
+                continue
+            raise
+        rest = ".".join(parts[i:])
+        try:
+            get_obj_from_module(module, rest)
+        except AttributeError:
+            continue
+        return module, rest
+    raise ImportError(f"Cannot find an object named '{obj_name}'")
+
+
+def get_obj_from_module(module: types.ModuleType, obj_name: str) -> Any:
+    """Walk a dotted attribute path inside a module ('' returns the module itself)."""
+    if obj_name == "":
+        return module
+    obj = module
+    for part in obj_name.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def get_obj_by_name(name: str) -> Any:
+    """Find a Python object by its fully qualified name, e.g. 'torch.optim.Adam'."""
+    module, obj_name = get_module_from_obj_name(name)
+    return get_obj_from_module(module, obj_name)
+
+
+def call_func_by_name(*args, func_name: str = None, **kwargs) -> Any:
+    """Call a function given by its fully qualified name."""
+    assert func_name is not None
+    func_obj = get_obj_by_name(func_name)
+    if not callable(func_obj):
+        raise TypeError(f"'{func_name}' is not callable")
+    return func_obj(*args, **kwargs)
+
+
+def construct_class_by_name(*args, class_name: str = None, **kwargs) -> Any:
+    """Instantiate a class given by its fully qualified name: `construct_class_by_name(class_name='a.B', x=1)`."""
+    if class_name is None:
+        raise ValueError("construct_class_by_name() needs class_name=")
+    return call_func_by_name(*args, func_name=class_name, **kwargs)
+
+
+def format_time(seconds: float) -> str:
+    """Human-readable duration: '42s', '3m 05s', '2h 01m 10s', '1d 04h 33m'."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 60 * 60:
+        return f"{s // 60}m {s % 60:02d}s"
+    if s < 24 * 60 * 60:
+        return f"{s // 3600}h {(s // 60) % 60:02d}m {s % 60:02d}s"
+    return f"{s // 86400}d {(s // 3600) % 24:02d}h {(s // 60) % 60:02d}m"
+
+
+def parse_range(s: str) -> List[int]:
+    """Parse '1,2,5-10' into [1, 2, 5, 6, 7, 8, 9, 10]. Raises ValueError with a readable message."""
+    if isinstance(s, (list, tuple)):
+        return [int(x) for x in s]
+    out = []
+    for part in str(s).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        m = re.fullmatch(r"(\d+)\s*-\s*(\d+)", part)
+        if m:
+            lo, hi = int(m.group(1)), int(m.group(2))
+            if hi < lo:
+                raise ValueError(f"bad range '{part}': end is smaller than start")
+            out.extend(range(lo, hi + 1))
+        elif re.fullmatch(r"\d+", part):
+            out.append(int(part))
+        else:
+            raise ValueError(f"cannot parse '{part}' as a number or a range like 0-15")
+    if not out:
+        raise ValueError(f"empty range '{s}'")
+    return out
+
+
+class Logger:
+    """Tee everything written to stdout/stderr into a file as well (the run's log.txt)."""
+
+    def __init__(self, file_name: str = None, file_mode: str = "a", should_flush: bool = True):
+        import sys
+
+        self.file = open(file_name, file_mode, encoding="utf-8") if file_name is not None else None
+        self.should_flush = should_flush
+        self.stdout = sys.stdout
+        self.stderr = sys.stderr
+        sys.stdout = self
+        sys.stderr = self
+
+    def __enter__(self) -> "Logger":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def write(self, text) -> None:
+        if isinstance(text, bytes):
+            text = text.decode()
+        if len(text) == 0:
+            return
+        if self.file is not None:
+            self.file.write(text)
+        self.stdout.write(text)
+        if self.should_flush:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.file is not None:
+            self.file.flush()
+        self.stdout.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        import sys
+
+        self.flush()
+        if sys.stdout is self:
+            sys.stdout = self.stdout
+        if sys.stderr is self:
+            sys.stderr = self.stderr
+        if self.file is not None:
+            self.file.close()
+            self.file = None

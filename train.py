@@ -1,0 +1,540 @@
+"""Train a Projected GAN (or a StyleGAN2 baseline) on an image dataset.
+
+Examples:
+
+    # CPU demo: the bundled emoji, small networks, 2 kimg (well under 10 minutes on 2 cores).
+    python train.py --outdir=runs --cfg=fastgan_lite --data=data/fluent-emoji-64.zip --gpus=1 --batch=16 \\
+        --ngf=32 --feat-res=64 --kimg=2 --tick=0.5 --snap=4 --img-snap=1 --mirror=1 --ema-kimg=0.25 \\
+        --metrics=none --workers=1
+
+    # One machine, 8 GPUs, the paper's FastGAN configuration at 256x256.
+    python train.py --outdir=runs --cfg=fastgan --data=ffhq256.zip --gpus=8 --batch=64 --mirror=1
+
+    # Several machines: torchrun starts the processes, this script reads RANK/WORLD_SIZE/LOCAL_RANK.
+    torchrun --nnodes=2 --nproc-per-node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:29400 \\
+        train.py --outdir=runs --cfg=fastgan --data=ffhq256.zip --batch=128
+
+    # Continue the newest snapshot under --outdir (in a new run directory).
+    python train.py --outdir=runs --cfg=fastgan --data=ffhq256.zip --gpus=8 --batch=64 --resume=latest
+
+Every option that does not apply to the chosen --cfg/--loss is rejected rather than ignored.
+"""
+
+import copy
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+
+import click
+import torch
+
+from torch_utils import distributed as dist
+from torch_utils import util
+
+CFGS = ("fastgan", "fastgan_lite", "stylegan2")
+LOSSES = ("projected", "stylegan2")
+
+
+# ---------------------------------------------------------------------------------------------
+# Run directories.
+
+
+def next_run_dir(outdir: str, desc: str) -> str:
+    """outdir/NNNNN-desc with NNNNN one above the highest existing run number."""
+    ids = []
+    if os.path.isdir(outdir):
+        for name in os.listdir(outdir):
+            m = re.fullmatch(r"(\d+)-.*", name)
+            if m and os.path.isdir(os.path.join(outdir, name)):
+                ids.append(int(m.group(1)))
+    return os.path.join(outdir, f"{max(ids, default=-1) + 1:05d}-{desc}")
+
+
+def create_run_dir(outdir: str, desc: str) -> str:
+    """Create the next free run directory (retrying if another process grabbed the number first)."""
+    os.makedirs(outdir, exist_ok=True)
+    for _ in range(100):
+        run_dir = next_run_dir(outdir, desc)
+        try:
+            os.makedirs(run_dir)
+            return run_dir
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a run directory under '{outdir}'")
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the config from the options.
+
+
+def _fail(param: str, message: str):
+    raise click.BadParameter(message, param_hint=f"'--{param}'")
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    """True when the user set the option on the command line (not just its default)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source != click.core.ParameterSource.DEFAULT
+
+
+def parse_grid(value):
+    if value is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", value)
+    if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
+        _fail("grid", f"'{value}' is not COLSxROWS, e.g. 8x4")
+    return [int(m.group(1)), int(m.group(2))]
+
+
+def build_config(opts: util.EasyDict, given, world_size: int) -> util.EasyDict:
+    """Turn validated options into the training_loop config (plain dicts with class_name).
+
+    `given(name)` tells whether an option was set explicitly; per-config defaults (learning rates,
+    mapping depth, ...) apply only to options that were not.
+    """
+    cfg, loss_kind = opts.cfg, opts.loss
+    is_sg2_G = cfg == "stylegan2"
+    is_projected = loss_kind == "projected"
+    uses_sg2_net = is_sg2_G or not is_projected
+
+    # Options that only make sense for some configurations: reject instead of silently ignoring.
+    def only_for(name, applies, what):
+        if given(name.replace("-", "_")) and not applies:
+            _fail(name, f"only applies to {what}; it would have no effect with --cfg={cfg} --loss={loss_kind}")
+
+    only_for("cbase", uses_sg2_net, "StyleGAN2 networks (--cfg=stylegan2 or --loss=stylegan2)")
+    only_for("cmax", uses_sg2_net, "StyleGAN2 networks (--cfg=stylegan2 or --loss=stylegan2)")
+    only_for("map-depth", is_sg2_G, "the StyleGAN2 generator (--cfg=stylegan2); FastGAN has no mapping layers")
+    only_for("ngf", not is_sg2_G, "the FastGAN generators (--cfg=fastgan or fastgan_lite)")
+    only_for("backbone", is_projected, "the projected discriminator (--loss=projected)")
+    only_for("backbone-weights", is_projected, "the projected discriminator (--loss=projected)")
+    only_for("feat-res", is_projected, "the projected discriminator (--loss=projected)")
+    only_for("r1-gamma", not is_projected, "the StyleGAN2 loss (--loss=stylegan2); Projected GANs use no R1")
+
+    # Batch split.
+    if opts.batch < 1:
+        _fail("batch", f"must be positive, got {opts.batch}")
+    batch_gpu = opts.batch_gpu if opts.batch_gpu is not None else opts.batch // world_size
+    if batch_gpu < 1:
+        _fail("batch", f"--batch={opts.batch} is smaller than the number of processes ({world_size})")
+    if opts.batch % (batch_gpu * world_size) != 0:
+        _fail("batch", f"--batch={opts.batch} must be a multiple of --batch-gpu x processes = "
+                       f"{batch_gpu} x {world_size} = {batch_gpu * world_size}")
+    for name in ("kimg", "tick"):
+        if not opts[name] > 0:
+            _fail(name, f"must be positive, got {opts[name]}")
+    if opts.snap < 1:
+        _fail("snap", f"must be >= 1 tick, got {opts.snap}")
+    if opts.img_snap is not None and opts.img_snap < 1:
+        _fail("img-snap", f"must be >= 1 tick, got {opts.img_snap}")
+    if opts.workers < 0:
+        _fail("workers", f"must be >= 0, got {opts.workers}")
+    for name in ("glr", "dlr"):
+        if opts[name] is not None and not opts[name] > 0:
+            _fail(name, f"must be positive, got {opts[name]}")
+
+    c = util.EasyDict()
+    c.training_set_kwargs = dict(class_name="training.dataset.ImageFolderDataset", path=opts.data,
+                                 use_labels=bool(opts.cond), max_size=None, xflip=bool(opts.mirror),
+                                 random_seed=opts.seed)
+    c.data_loader_kwargs = dict(pin_memory=True, num_workers=opts.workers, prefetch_factor=2)
+
+    # Generator.
+    if is_sg2_G:
+        map_depth = opts.map_depth if opts.map_depth is not None else (2 if is_projected else 8)
+        if map_depth < 1:
+            _fail("map-depth", f"must be >= 1, got {map_depth}")
+        c.G_kwargs = dict(class_name="training.networks_stylegan2.Generator", z_dim=512, w_dim=512,
+                          mapping_kwargs=dict(num_layers=map_depth), channel_base=opts.cbase,
+                          channel_max=opts.cmax, num_fp16_res=0 if opts.fp32 else 4,
+                          conv_clamp=None if opts.fp32 else 256, fused_modconv_default="inference_only")
+        default_lr = 0.002
+    else:
+        if opts.ngf < 1:
+            _fail("ngf", f"must be positive, got {opts.ngf}")
+        c.G_kwargs = dict(class_name="training.networks_fastgan.Generator", z_dim=256, w_dim=256,
+                          ngf=opts.ngf, lite=(cfg == "fastgan_lite"))
+        default_lr = 0.0002
+    for name in ("cbase", "cmax"):
+        if opts[name] < 1:
+            _fail(name, f"must be positive, got {opts[name]}")
+
+    # Discriminator and loss.
+    if is_projected:
+        c.D_kwargs = dict(class_name="projector_plugin.ProjectedDiscriminator", backbone=opts.backbone,
+                          proj_type=2, num_discs=4, cond=bool(opts.cond), diffaug=True,
+                          separable=is_sg2_G,  # as in Projected GAN: separable mini-Ds for StyleGAN2
+                          bf16=False if opts.fp32 else None)
+        if opts.backbone_weights is not None:
+            c.D_kwargs["weights"] = opts.backbone_weights
+        if opts.feat_res is not None:
+            c.D_kwargs["feat_res"] = opts.feat_res
+        c.loss_kwargs = dict(class_name="projector_plugin.ProjectedGANLoss", blur_init_sigma=2,
+                             blur_fade_kimg=opts.batch * 200 / 32)
+        c.G_reg_interval = None
+        c.D_reg_interval = None
+    else:
+        c.D_kwargs = dict(class_name="training.networks_stylegan2.Discriminator", channel_base=opts.cbase,
+                          channel_max=opts.cmax, num_fp16_res=0 if opts.fp32 else 4,
+                          conv_clamp=None if opts.fp32 else 256, mbstd_group_size=math.gcd(4, batch_gpu))
+        c.loss_kwargs = dict(class_name="training.loss.StyleGAN2Loss", r1_gamma=opts.r1_gamma,
+                             style_mixing_prob=0.9 if is_sg2_G else 0, pl_weight=2 if is_sg2_G else 0,
+                             pl_no_weight_grad=True)
+        c.G_reg_interval = 4 if is_sg2_G else None
+        c.D_reg_interval = 16
+
+    glr = opts.glr if opts.glr is not None else default_lr
+    dlr = opts.dlr if opts.dlr is not None else default_lr
+    c.G_opt_kwargs = dict(class_name="torch.optim.Adam", lr=glr, betas=[0.0, 0.99], eps=1e-8)
+    c.D_opt_kwargs = dict(class_name="torch.optim.Adam", lr=dlr, betas=[0.0, 0.99], eps=1e-8)
+
+    c.metrics = list(opts.metrics)
+    c.random_seed = opts.seed
+    c.num_gpus = world_size
+    c.batch_size = opts.batch
+    c.batch_gpu = batch_gpu
+    c.ema_kimg = opts.ema_kimg if opts.ema_kimg is not None else opts.batch * 10 / 32
+    if c.ema_kimg < 0:
+        _fail("ema-kimg", f"must be >= 0, got {c.ema_kimg}")
+    c.ema_rampup = opts.ema_rampup if opts.ema_rampup is not None else (0.05 if is_sg2_G else None)
+    c.total_kimg = opts.kimg
+    c.kimg_per_tick = opts.tick
+    c.network_snapshot_ticks = opts.snap
+    c.image_snapshot_ticks = opts.img_snap if opts.img_snap is not None else opts.snap
+    c.grid_size = parse_grid(opts.grid)
+    c.cudnn_benchmark = True
+    c.resume = None
+    c.cli = dict(cfg=cfg, loss=loss_kind, desc=opts.desc, command=" ".join(sys.argv))
+    return c
+
+
+def _validate_metrics(metrics):
+    if not metrics:
+        return
+    try:
+        from metrics import metric_main
+    except ImportError as err:
+        _fail("metrics", f"the metrics package cannot be imported ({err}); use --metrics=none")
+    for metric in metrics:
+        if not metric_main.is_valid_metric(metric):
+            _fail("metrics", f"unknown metric '{metric}'; valid examples: "
+                             f"{', '.join(metric_main.list_valid_metrics())} (or 'none')")
+
+
+def _probe_network(kwargs: dict, what: str, option: str):
+    """Construct a network on the meta device: catches impossible resolutions/options before any work."""
+    kwargs = copy.deepcopy(kwargs)
+    try:
+        with torch.device("meta"):
+            util.construct_class_by_name(**kwargs)
+    except (ValueError, TypeError, AssertionError) as err:
+        _fail(option, f"the {what} cannot be built with these options: {err}")
+    except (NotImplementedError, RuntimeError):
+        pass  # some op does not support the meta device; the real build will report problems
+
+
+def validate_and_describe(c: util.EasyDict, opts: util.EasyDict):
+    """Open the dataset and check everything that depends on it. Returns the run description."""
+    from training import dataset as dataset_lib
+
+    try:
+        training_set = util.construct_class_by_name(**c.training_set_kwargs)
+    except (dataset_lib.DatasetError, OSError, ValueError) as err:
+        _fail("data", str(err))
+    if opts.cond and not training_set.has_labels:
+        _fail("cond", f"--cond=1 needs labels, but '{opts.data}' has no dataset.json labels "
+                      f"(create them with dataset_tool.py, or use --cond=0)")
+    res, channels = training_set.resolution, training_set.num_channels
+    c.training_set_kwargs["resolution"] = res
+    common = dict(c_dim=training_set.label_dim if opts.cond else 0, img_resolution=res, img_channels=channels)
+    _probe_network({**c.G_kwargs, **common}, f"generator for {res}x{res}x{channels} images", "cfg")
+    if c.D_kwargs["class_name"].startswith("training.networks_stylegan2"):
+        _probe_network({**c.D_kwargs, **common}, f"discriminator for {res}x{res}x{channels} images", "loss")
+    else:
+        _check_projected_D(c.D_kwargs, res)
+    _validate_metrics(c.metrics)
+    desc = f"{opts.cfg}-{opts.loss}-{training_set.name}-gpus{c.num_gpus}-batch{c.batch_size}"
+    if opts.desc:
+        desc += f"-{opts.desc}"
+    return desc, common
+
+
+def _check_projected_D(D_kwargs, res):
+    """Cheap checks of the projected D options (building it would load the backbone weights)."""
+    try:
+        import timm
+    except ImportError as err:
+        _fail("loss", f"--loss=projected needs timm ({err})")
+    backbone = D_kwargs["backbone"]
+    if not timm.is_model(backbone.split(".")[0]):
+        _fail("backbone", f"'{backbone}' is not a timm model name")
+    feat_res = D_kwargs.get("feat_res")
+    if feat_res is not None and (feat_res < 32 or feat_res % 32):
+        _fail("feat-res", f"must be a multiple of 32 and at least 32, got {feat_res}")
+    if not 16 <= res <= 1024:
+        _fail("data", f"the projected discriminator takes 16..1024 pixel images, the dataset has {res}x{res}")
+    weights = D_kwargs.get("weights")
+    if weights is not None and not os.path.isfile(weights):
+        _fail("backbone-weights", f"'{weights}' does not exist")
+
+
+def resolve_resume(opts) -> str:
+    if opts.resume is None:
+        return None
+    from training import snapshot as snapshot_lib
+
+    if opts.resume == "latest":
+        path = snapshot_lib.find_latest(opts.outdir)
+        if path is None:
+            _fail("resume", f"--resume=latest: no network-snapshot-*.pt under '{opts.outdir}'")
+        return path
+    if not os.path.isfile(opts.resume):
+        _fail("resume", f"'{opts.resume}' does not exist (give a snapshot path or 'latest')")
+    return opts.resume
+
+
+def check_resume_compatible(path: str, c: util.EasyDict, common: dict) -> None:
+    """The snapshot's networks must be the ones the current options build (else state dicts don't fit)."""
+    from training import snapshot as snapshot_lib
+
+    try:
+        data = snapshot_lib.load_snapshot(path, mmap=True)
+    except snapshot_lib.SnapshotError as err:
+        _fail("resume", str(err))
+    for key in ("G", "G_ema", "D", "G_opt", "D_opt", "progress"):
+        if key not in data:
+            _fail("resume", f"'{path}' has no '{key}': it is not a full training snapshot")
+    done_nimg = int(data["progress"]["cur_nimg"])
+    if done_nimg >= round(c.total_kimg * 1000):
+        _fail("kimg", f"'{path}' has already trained for {done_nimg / 1000:g} kimg; --kimg is the total "
+                      f"duration of training, so pass more than that to continue")
+    for name, current in (("G", {**c.G_kwargs, **common}), ("D", {**c.D_kwargs, **common})):
+        saved = dict(data["networks"].get(name, {}))
+        cur = dict(current)
+        for ignore in ("weights",):  # where the backbone was loaded from does not change its shape
+            saved.pop(ignore, None)
+            cur.pop(ignore, None)
+        diff = sorted(k for k in set(saved) | set(cur) if json.dumps(saved.get(k), sort_keys=True)
+                      != json.dumps(cur.get(k), sort_keys=True))
+        if diff:
+            details = "; ".join(f"{k}: snapshot {saved.get(k)!r} vs now {cur.get(k)!r}" for k in diff)
+            _fail("resume", f"'{path}' was trained with a different {name} ({details}); "
+                            f"pass the same --cfg/--loss/--cbase/--ngf/... as the original run")
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes.
+
+
+def _pick_device(kind: str, local_rank: int) -> torch.device:
+    if kind == "cpu" or (kind == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank)
+
+
+def subprocess_fn(rank, c, world_size, init_method, device_kind, outdir, desc, local_rank=None, local_world_size=None):
+    """Body of every training process (spawned, torchrun-started, or the single in-process run)."""
+    from training import training_loop
+
+    local_rank = rank if local_rank is None else local_rank
+    local_world_size = world_size if local_world_size is None else local_world_size
+    device = _pick_device(device_kind, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    elif world_size > 1 and local_world_size > 1:
+        # CPU processes on one machine share its cores; without this each would use all of them.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world_size))
+    dist.init_process_group(rank, world_size, device, init_method)
+    logger = None
+    try:
+        # Rank 0 picks the run directory; everyone learns its name.
+        run_dir = [create_run_dir(outdir, desc) if rank == 0 else None]
+        if world_size > 1:
+            torch.distributed.broadcast_object_list(run_dir, src=0)
+        run_dir = run_dir[0]
+        c = util.EasyDict(copy.deepcopy(c))
+        c.run_dir = run_dir
+        if rank == 0:
+            with open(os.path.join(run_dir, "training_options.json"), "wt", encoding="utf-8") as f:
+                json.dump(c, f, indent=2)
+            logger = util.Logger(file_name=os.path.join(run_dir, "log.txt"), file_mode="a", should_flush=True)
+            print(f"Run directory: {run_dir}")
+            print(f"Training options written to {os.path.join(run_dir, 'training_options.json')}")
+            print()
+        try:
+            training_loop.training_loop(**c, rank=rank, device=device)
+        except training_loop.NonFiniteLossError as err:
+            if rank == 0:
+                print(f"\nError: {err}", file=sys.stderr)
+            raise SystemExit(3)
+    finally:
+        if logger is not None:
+            logger.close()
+        dist.destroy_process_group()
+
+
+def _spawn_target(rank, c, world_size, init_method, device_kind, outdir, desc):
+    subprocess_fn(rank, c, world_size, init_method, device_kind, outdir, desc)
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI.
+
+
+class _MetricList(click.ParamType):
+    name = "list"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        if value is None or value.lower() in ("none", ""):
+            return []
+        return [v.strip() for v in value.split(",") if v.strip()]
+
+
+@click.command(context_settings=dict(max_content_width=120, help_option_names=["-h", "--help"]))
+# Required.
+@click.option("--outdir", help="Where to put the run directories NNNNN-desc/", metavar="DIR", required=True)
+@click.option("--cfg", help="Generator: FastGAN, its lite variant, or StyleGAN2", type=click.Choice(CFGS), required=True)
+@click.option("--data", help="Training data: a folder or zip of images (see dataset_tool.py)", metavar="PATH", required=True)
+@click.option("--batch", help="Total batch size over all processes and rounds", metavar="INT", type=int, required=True)
+# Setup.
+@click.option("--loss", help="Discriminator + loss: Projected GAN, or the StyleGAN2 baseline (R1)",
+              type=click.Choice(LOSSES), default="projected", show_default=True)
+@click.option("--gpus", help="Processes on this machine (CPU: gloo, GPU: NCCL)  [default: 1; under torchrun "
+              "its nproc-per-node]", metavar="INT", type=click.IntRange(min=1))
+@click.option("--batch-gpu", help="Images per process per accumulation round  [default: batch/processes]",
+              metavar="INT", type=click.IntRange(min=1))
+@click.option("--device", help="Where to train", type=click.Choice(["auto", "cuda", "cpu"]), default="auto",
+              show_default=True)
+@click.option("--mirror", help="Enable dataset x-flips", metavar="BOOL", type=bool, default=False, show_default=True)
+@click.option("--cond", help="Train a class-conditional model (needs dataset labels)", metavar="BOOL", type=bool,
+              default=False, show_default=True)
+@click.option("--resume", help="Continue from a snapshot, or 'latest' (newest under --outdir); runs in a new run "
+              "dir and trains until --kimg in total", metavar="PATH|latest")
+# Hyperparameters.
+@click.option("--glr", help="G learning rate  [default: 0.0002 for FastGAN, 0.002 for StyleGAN2]", metavar="FLOAT",
+              type=float)
+@click.option("--dlr", help="D learning rate  [default: 0.0002 for FastGAN, 0.002 for StyleGAN2]", metavar="FLOAT",
+              type=float)
+@click.option("--ema-kimg", help="Half-life of the G exponential moving average in kimg  [default: batch*10/32]",
+              metavar="FLOAT", type=float)
+@click.option("--ema-rampup", help="EMA ramp-up: half-life <= this fraction of the images seen  [default: 0.05 "
+              "for --cfg=stylegan2, none otherwise]", metavar="FLOAT", type=click.FloatRange(min=0))
+@click.option("--r1-gamma", help="R1 weight (--loss=stylegan2 only)  [default: 0.0002*resolution^2/batch]",
+              metavar="FLOAT", type=click.FloatRange(min=0))
+@click.option("--cbase", help="StyleGAN2 networks: channel base", metavar="INT", type=int, default=32768,
+              show_default=True)
+@click.option("--cmax", help="StyleGAN2 networks: max channels", metavar="INT", type=int, default=512,
+              show_default=True)
+@click.option("--map-depth", help="StyleGAN2 generator: mapping layers  [default: 2 with --loss=projected, 8 with "
+              "--loss=stylegan2]", metavar="INT", type=int)
+@click.option("--ngf", help="FastGAN generator width (channels at 128x128)", metavar="INT", type=int, default=128,
+              show_default=True)
+@click.option("--backbone", help="Projected D: timm feature network", metavar="NAME", default="tf_efficientnet_lite0",
+              show_default=True)
+@click.option("--backbone-weights", help="Projected D: path of the backbone's ImageNet weights  [default: the "
+              "installed weights package or timm's cache]", metavar="PATH")
+@click.option("--feat-res", help="Projected D: input size of the feature network  [default: the backbone's, 224 "
+              "for EfficientNet-Lite0]", metavar="INT", type=int)
+@click.option("--fp32", help="Disable mixed precision (StyleGAN2 fp16 layers, bf16 feature network on CUDA)",
+              metavar="BOOL", type=bool, default=False, show_default=True)
+# Misc.
+@click.option("--kimg", help="Total training duration in thousands of images", metavar="FLOAT", type=float,
+              default=10000, show_default=True)
+@click.option("--tick", help="How often to print progress, in kimg", metavar="FLOAT", type=float, default=4,
+              show_default=True)
+@click.option("--snap", help="How often to save snapshots (+ metrics), in ticks", metavar="INT", type=int,
+              default=50, show_default=True)
+@click.option("--img-snap", help="How often to save fakes grids, in ticks  [default: --snap]", metavar="INT",
+              type=int)
+@click.option("--grid", help="Columns x rows of the reals/fakes grids  [default: from the resolution, 4..16 each]",
+              metavar="COLSxROWS")
+@click.option("--metrics", help="Quality metrics at every snapshot, comma-separated, or 'none'", metavar="[NAME|A,B,C|none]",
+              type=_MetricList(), default="fid50k_full", show_default=True)
+@click.option("--seed", help="Random seed", metavar="INT", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--workers", help="DataLoader worker processes per training process", metavar="INT", type=int,
+              default=3, show_default=True)
+@click.option("--desc", help="String appended to the run directory name", metavar="STR")
+@click.option("--dry-run", help="Print the training options and exit without writing anything", is_flag=True)
+def main(**kwargs):
+    """Train a Projected GAN (Sauer et al., NeurIPS 2021) or a StyleGAN2 baseline.
+
+    Outputs go to OUTDIR/NNNNN-DESC/: training_options.json, log.txt, stats.jsonl, reals.png,
+    fakes*.png, network-snapshot-*.pt (load them with training.snapshot.load_generator or
+    gen_images.py). Multi-node training: start this script with torchrun.
+    """
+    ctx = click.get_current_context()
+    opts = util.EasyDict(kwargs)
+    given = lambda name: _given(ctx, name)
+
+    # Topology: torchrun (any number of nodes) or N processes spawned here.
+    if dist.launched_by_torchrun():
+        rank, world_size, local_rank, local_world_size = dist.torchrun_topology()
+        if opts.gpus is not None and opts.gpus != local_world_size:
+            _fail("gpus", f"--gpus={opts.gpus} but torchrun started {local_world_size} processes per node "
+                          f"(omit --gpus under torchrun)")
+    else:
+        rank, world_size, local_rank = 0, opts.gpus or 1, 0
+        local_world_size = world_size
+    if opts.device == "cuda" and not torch.cuda.is_available():
+        _fail("device", "--device=cuda but CUDA is not available")
+    use_cuda = opts.device == "cuda" or (opts.device == "auto" and torch.cuda.is_available())
+    if use_cuda and not dist.launched_by_torchrun() and world_size > torch.cuda.device_count():
+        _fail("gpus", f"--gpus={world_size} but only {torch.cuda.device_count()} CUDA device(s) are visible "
+                      f"(use --device=cpu for CPU processes)")
+
+    if not os.path.exists(opts.data):
+        _fail("data", f"'{opts.data}' does not exist")
+    c = build_config(opts, given, world_size)
+    desc, common = validate_and_describe(c, opts)
+    if c.loss_kwargs["class_name"] == "training.loss.StyleGAN2Loss" and c.loss_kwargs["r1_gamma"] is None:
+        c.loss_kwargs["r1_gamma"] = 0.0002 * common["img_resolution"] ** 2 / c.batch_size
+    c.resume = resolve_resume(opts)
+    if c.resume is not None:
+        check_resume_compatible(c.resume, c, common)
+
+    if opts.dry_run:
+        if rank == 0:
+            print("Training options:")
+            print(json.dumps(c, indent=2))
+            print()
+            print(f"Output directory:    {next_run_dir(opts.outdir, desc)}")
+            print(f"Number of processes: {world_size}{' (torchrun)' if dist.launched_by_torchrun() else ''}")
+            print(f"Device:              {'cuda' if use_cuda else 'cpu'}")
+            print(f"Dataset:             {opts.data} ({common['img_resolution']}x{common['img_resolution']}, "
+                  f"{common['img_channels']} channels, {common['c_dim']} label dims)")
+            print()
+            print("Dry run; exiting.")
+        return
+
+    if c.resume is not None and rank == 0:
+        from training import snapshot as snapshot_lib
+
+        for path in snapshot_lib.remove_stale_temp_files(os.path.dirname(os.path.abspath(c.resume))):
+            print(f"Removed a half-written snapshot left by a killed run: {path}")
+
+    if dist.launched_by_torchrun():
+        subprocess_fn(rank, c, world_size, "env://", opts.device, opts.outdir, desc, local_rank=local_rank,
+                      local_world_size=local_world_size)
+    elif world_size == 1:
+        subprocess_fn(0, c, 1, None, opts.device, opts.outdir, desc)
+    else:
+        print(f"Launching {world_size} processes...")
+        with tempfile.TemporaryDirectory() as temp_dir:
+            init_file = os.path.abspath(os.path.join(temp_dir, ".torch_distributed_init"))
+            init_method = f"file://{init_file}" if os.name != "nt" else f"file:///{init_file.replace(os.sep, '/')}"
+            try:
+                torch.multiprocessing.spawn(fn=_spawn_target,
+                                            args=(c, world_size, init_method, opts.device, opts.outdir, desc),
+                                            nprocs=world_size)
+            except torch.multiprocessing.ProcessExitedException as err:
+                raise click.ClickException(f"training stopped: a process exited with code {err.exit_code} "
+                                           f"(see the messages above and log.txt)")
+
+
+if __name__ == "__main__":
+    main()
