@@ -366,6 +366,9 @@ def subprocess_fn(rank, c, world_size, init_method, device_kind, outdir, desc, l
             print()
         try:
             training_loop.training_loop(**c, rank=rank, device=device)
+            # Leave together: a rank that tears down its process group while another is still in a collective
+            # (or still shutting down gloo's threads) can abort the whole job at exit.
+            dist.barrier()
         except training_loop.NonFiniteLossError as err:
             if rank == 0:
                 print(f"\nError: {err}", file=sys.stderr)
