@@ -2,9 +2,9 @@
 
 Examples:
 
-    # CPU demo: the bundled emoji, small networks, 2 kimg (well under 10 minutes on 2 cores).
+    # CPU demo: the bundled emoji, small networks, 1.5 kimg (about 5 minutes on 2 idle cores).
     python train.py --outdir=runs --cfg=fastgan_lite --data=data/fluent-emoji-64.zip --gpus=1 --batch=16 \\
-        --ngf=32 --feat-res=64 --kimg=2 --tick=0.5 --snap=4 --img-snap=1 --mirror=1 --ema-kimg=0.25 \\
+        --ngf=32 --feat-res=64 --kimg=1.5 --tick=0.5 --snap=10 --img-snap=1 --mirror=1 --ema-kimg=0.25 \\
         --metrics=none --workers=1
 
     # One machine, 8 GPUs, the paper's FastGAN configuration at 256x256.

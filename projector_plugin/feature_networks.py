@@ -125,7 +125,8 @@ def load_pretrained_state_dict(backbone, weights=None):
     if key in _state_dict_cache:
         return _state_dict_cache[key]
     timm = _timm()
-    full = timm.create_model(backbone, pretrained=False)
+    with torch.random.fork_rng(devices=[]):  # Random init we overwrite: must not consume the caller's RNG.
+        full = timm.create_model(backbone, pretrained=False)
 
     if weights is not None:
         if not os.path.isfile(weights):
@@ -202,21 +203,24 @@ class FrozenFeatureNetwork(torch.nn.Module):
             close = timm.list_models(f"*{str(backbone).split('_')[-1]}*")[:8] if backbone else []
             raise ValueError(f"backbone='{backbone}' is not a timm model name"
                              + (f"; similar names: {', '.join(close)}" if close else ""))
-        probe = timm.create_model(backbone, pretrained=False, features_only=True)
-        reductions = probe.feature_info.reduction()
-        missing = [s for s in FEATURE_STRIDES if s not in reductions]
-        if missing:
-            raise ValueError(f"backbone='{backbone}' has feature levels at strides {reductions}; the projected "
-                             f"discriminator needs four levels at strides {list(FEATURE_STRIDES)} (missing {missing})")
-        # The last level of each wanted stride: the deepest, most semantic features at that resolution.
-        out_indices = tuple(max(i for i, r in enumerate(reductions) if r == s) for s in FEATURE_STRIDES)
-        net = timm.create_model(backbone, pretrained=False, features_only=True, out_indices=out_indices)
-        if pretrained:
-            sd = load_pretrained_state_dict(backbone, weights)
-            own = net.state_dict()
-            net.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=True)
+        # Building the backbones draws random inits that the pretrained weights replace; keep them off the global
+        # RNG so the trainable parts of D are initialised the same whether or not the weights were cached.
+        with torch.random.fork_rng(devices=[]):
+            probe = timm.create_model(backbone, pretrained=False, features_only=True)
+            reductions = probe.feature_info.reduction()
+            missing = [s for s in FEATURE_STRIDES if s not in reductions]
+            if missing:
+                raise ValueError(f"backbone='{backbone}' has feature levels at strides {reductions}; the projected "
+                                 f"discriminator needs four levels at strides {list(FEATURE_STRIDES)} (missing {missing})")
+            # The last level of each wanted stride: the deepest, most semantic features at that resolution.
+            out_indices = tuple(max(i for i, r in enumerate(reductions) if r == s) for s in FEATURE_STRIDES)
+            net = timm.create_model(backbone, pretrained=False, features_only=True, out_indices=out_indices)
+            if pretrained:
+                sd = load_pretrained_state_dict(backbone, weights)
+                own = net.state_dict()
+                net.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=True)
 
-        cfg = timm.data.resolve_data_config({}, model=timm.create_model(backbone, pretrained=False))
+            cfg = timm.data.resolve_data_config({}, model=timm.create_model(backbone, pretrained=False))
         self.backbone = backbone
         self.channels = list(net.feature_info.channels())
         self.strides = list(FEATURE_STRIDES)

@@ -471,3 +471,12 @@ def test_generator_phase_never_writes_discriminator_grads(small_D):
     ProjectedGANLoss("cpu", G, small_D).accumulate_gradients("Gmain", _imgs(2), None, torch.randn(2, 8), None, 1.0, 0)
     assert G.fc.weight.grad is not None
     assert all(p.grad is None for p in small_D.parameters())
+
+
+def test_same_seed_gives_same_discriminator_cold_or_warm_weight_cache():
+    feature_networks._state_dict_cache.clear()  # Cold: the first build reads and renames the weights file.
+    torch.manual_seed(0)
+    a = ProjectedDiscriminator(feat_res=64)
+    torch.manual_seed(0)
+    b = ProjectedDiscriminator(feat_res=64)  # Warm cache.
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
