@@ -10,7 +10,9 @@ Examples:
     python calc_metrics.py --metrics=fid10k_full,fd_dinov2_10k_full --data=real_images --data2=samples
 
 Results are printed as a table and appended to metric-<name>.jsonl in the run dir (the network's folder, or
---run-dir). Statistics of real data are cached in --cache-dir ($PGAN_CACHE or ~/.cache/projected_gan).
+--run-dir); with --network, the run dir's best-<result>.json pointers and metrics.png are refreshed too.
+--network also accepts such a best-<result>.json pointer (it stands for the snapshot it names). Statistics of
+real data are cached in --cache-dir ($PGAN_CACHE or ~/.cache/projected_gan).
 """
 
 import os
@@ -23,9 +25,15 @@ from metrics import metric_main
 from metrics.metric_utils import MetricError
 
 
-def _dataset_from_snapshot(path):
+def _snapshot_info(path):
+    """(config, kimg or None) recorded in the snapshot (memory-mapped: no weights are read)."""
     from training import snapshot
-    config = snapshot.load_snapshot(path).get("config", {})
+    data = snapshot.load_snapshot(path, mmap=True)
+    nimg = data.get("progress", {}).get("cur_nimg")
+    return data.get("config", {}), (int(nimg) / 1000 if nimg is not None else None)
+
+
+def _dataset_from_config(path, config):
     kwargs = config.get("training_set_kwargs")
     if not kwargs or not kwargs.get("path"):
         raise click.ClickException(f"--network={path}: the snapshot does not record its dataset; pass --data")
@@ -63,10 +71,23 @@ def _run(rank, args, init_file):
                                          cache=args["cache"], progress=args["verbose"],
                                          fd_method=args["fd_method"])
         if rank == 0:
-            metric_main.report_metric(result, run_dir=args["run_dir"], snapshot_pkl=args["network"])
+            metric_main.report_metric(result, run_dir=args["run_dir"], snapshot_pkl=args["network"],
+                                      kimg=args["kimg"])
             rows.append(result)
             _print_rows([result], header=len(rows) == 1)
+    if rank == 0 and rows and args["network"] is not None and args["run_dir"] is not None:
+        _update_summaries(args["run_dir"])
     return rows
+
+
+def _update_summaries(run_dir):
+    """Refresh best-*.json and metrics.png in the run dir; a failure there only warns."""
+    from metrics import summary
+    try:
+        summary.update_run_summaries(run_dir)
+    except Exception as e:  # pylint: disable=broad-except
+        click.echo(f"Warning: could not update the metric summaries in '{run_dir}': {type(e).__name__}: {e}",
+                   err=True)
 
 
 def _spawned(rank, args, init_file):
@@ -89,7 +110,8 @@ def _print_rows(results, header=True):
 @click.command()
 @click.option("--metrics", "metrics", default="fid50k_full", show_default=True,
               help="Comma-separated metric names, e.g. fid50k_full,kid50k_full,pr50k3_full,is50k,fd_dinov2_50k_full.")
-@click.option("--network", type=str, default=None, help="Generator snapshot (network-snapshot-*.pt).")
+@click.option("--network", type=str, default=None,
+              help="Generator snapshot (network-snapshot-*.pt), or a run dir's best-<result>.json pointer.")
 @click.option("--data", type=str, default=None, help="Real data: folder or zip (default: the snapshot's dataset).")
 @click.option("--data2", type=str, default=None, help="Second folder/zip compared with --data instead of a network.")
 @click.option("--gpus", type=click.IntRange(min=1), default=1, show_default=True, help="Number of GPUs.")
@@ -125,8 +147,25 @@ def main(metrics, network, data, data2, gpus, batch, device, run_dir, cache_dir,
     if gpus > 1 and (device == "cpu" or not torch.cuda.is_available() or torch.cuda.device_count() < gpus):
         raise click.BadParameter(f"{gpus} GPUs requested, {torch.cuda.device_count()} available", param_hint="--gpus")
 
+    kimg = None
+    if network is not None:
+        from training import snapshot
+        try:
+            network = snapshot.resolve_network_path(network)  # a best-*.json pointer -> its snapshot
+        except snapshot.SnapshotError as e:
+            raise click.BadParameter(str(e), param_hint="--network")
     try:
-        dataset_kwargs = dict(path=data) if data is not None else _dataset_from_snapshot(network)
+        if network is not None and data is not None:
+            try:
+                kimg = _snapshot_info(network)[1]
+            except Exception:  # pylint: disable=broad-except  (a bad file is reported when G is loaded)
+                kimg = None
+            dataset_kwargs = dict(path=data)
+        elif network is not None:
+            config, kimg = _snapshot_info(network)
+            dataset_kwargs = _dataset_from_config(network, config)
+        else:
+            dataset_kwargs = dict(path=data)
     except click.ClickException:
         raise
     except Exception as e:
@@ -136,7 +175,7 @@ def main(metrics, network, data, data2, gpus, batch, device, run_dir, cache_dir,
     args = dict(metrics=names, network=network, dataset_kwargs=dataset_kwargs,
                 dataset2_kwargs=dict(path=data2) if data2 is not None else None, gpus=gpus, batch=batch,
                 device=device, run_dir=run_dir, cache_dir=cache_dir, cache=cache, fd_method=fd_method,
-                verbose=verbose)
+                verbose=verbose, kimg=kimg)
     try:
         if gpus == 1:
             _run(0, args, None)

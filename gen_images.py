@@ -5,6 +5,9 @@ Examples:
     # 16 images, one PNG per seed.
     python gen_images.py --network=runs/00000-fastgan-.../network-snapshot-000100.pt --seeds=0-15 --outdir=out
 
+    # The run's best snapshot by FID (a pointer written after each metric evaluation).
+    python gen_images.py --network=runs/00000-fastgan-.../best-fid50k_full.json --seeds=0-15 --outdir=out
+
     # A 4x4 grid with truncation, class 3 of a conditional model.
     python gen_images.py --network=snap.pt --seeds=0-15 --trunc=0.7 --class=3 --grid=4x4 --outdir=out
 
@@ -76,7 +79,8 @@ def load_network(path: str, device: torch.device, which: str = "G_ema"):
 
 
 @click.command(context_settings=dict(help_option_names=["-h", "--help"]))
-@click.option("--network", "network_path", help="Snapshot file (network-snapshot-*.pt)", metavar="PATH", required=True)
+@click.option("--network", "network_path", metavar="PATH", required=True,
+              help="Snapshot file (network-snapshot-*.pt) or a run dir's best-<result>.json pointer")
 @click.option("--seeds", help="Seeds, e.g. 0-15 or 1,5,9", metavar="LIST", required=True)
 @click.option("--outdir", help="Where to save the images", metavar="DIR", required=True)
 @click.option("--trunc", "truncation_psi", help="Truncation psi (1 = none)", type=float, default=1, show_default=True)

@@ -77,7 +77,8 @@ def write_video(frames, path: str, fps: int) -> None:
 
 
 @click.command(context_settings=dict(help_option_names=["-h", "--help"]))
-@click.option("--network", "network_path", help="Snapshot file (network-snapshot-*.pt)", metavar="PATH", required=True)
+@click.option("--network", "network_path", metavar="PATH", required=True,
+              help="Snapshot file (network-snapshot-*.pt) or a run dir's best-<result>.json pointer")
 @click.option("--seeds", help="Keyframe seeds, e.g. 0-7 (split evenly over the grid cells)", metavar="LIST",
               required=True)
 @click.option("--output", help="Video file, .mp4 or .gif  [default: lerp.mp4 if an MP4 encoder is installed, "

@@ -468,7 +468,9 @@ def main(**kwargs):
 
     Outputs go to OUTDIR/NNNNN-DESC/: training_options.json, log.txt, stats.jsonl, reals.png,
     fakes*.png, network-snapshot-*.pt (load them with training.snapshot.load_generator or
-    gen_images.py). Multi-node training: start this script with torchrun.
+    gen_images.py); with --metrics also metric-*.jsonl, best-<result>.json (the best snapshot per
+    result, usable as gen_images.py --network) and metrics.png. Multi-node training: start this
+    script with torchrun.
     """
     ctx = click.get_current_context()
     opts = util.EasyDict(kwargs)

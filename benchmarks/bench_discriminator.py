@@ -29,6 +29,7 @@ VARIANTS = {
     # name: ProjectedDiscriminator kwargs
     "plain": dict(plain=True),
     "plain_toggled": dict(plain=True),
+    "plain_nograd": dict(plain=True),
     "fast": dict(),
     "fast_nchw": dict(channels_last=False),
     "fast_cl": dict(channels_last=True),
@@ -54,7 +55,8 @@ def make(variant, args, device):
     Fast variants use ProjectedGANLoss as a host would, without toggling requires_grad between phases (the loss
     itself sends G's step gradients to G only). The plain reference is the paper's discriminator written the
     obvious way: the backbone is an ordinary module excluded from the optimizer only, and the step is
-    `loss.backward()`; `plain_toggled` adds StyleGAN3's per-phase `requires_grad_` toggling of the whole D.
+    `loss.backward()`; `plain_toggled` adds StyleGAN3's per-phase `requires_grad_` toggling of the whole D, and
+    `plain_nograd` is the careful version: the frozen parts get `requires_grad_(False)` and the host never toggles.
     """
     torch.manual_seed(0)
     D = ProjectedDiscriminator(pretrained=False, feat_res=args.feat_res, **VARIANTS[variant]).to(device).train()
@@ -78,10 +80,14 @@ def make(variant, args, device):
         return d_step, g_step
 
     toggle = variant == "plain_toggled"
+    if variant == "plain_nograd":
+        D.feature_network.requires_grad_(False)
+        D.projection.requires_grad_(False)
 
     def d_step():
         opt.zero_grad(set_to_none=True)
-        D.requires_grad_(True)
+        if toggle:
+            D.requires_grad_(True)
         fake = G(z, None).detach()
         loss_D = torch.relu(1 - D(real)).mean() + torch.relu(1 + D(fake)).mean()
         loss_D.backward()
@@ -93,7 +99,8 @@ def make(variant, args, device):
             D.requires_grad_(False)
         loss_G = -D(G(z, None)).mean()
         loss_G.backward()
-        D.requires_grad_(True)
+        if toggle:
+            D.requires_grad_(True)
 
     return d_step, g_step
 
@@ -168,7 +175,8 @@ def main():
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     # "fast" is the default configuration; the others flip one of its auto choices to show why it is the default.
-    default = ["plain", "plain_toggled", "fast", "fast_nchw", "fast_fp32"] if device.type == "cuda" else ["plain", "plain_toggled", "fast", "fast_cl"]
+    default = (["plain", "plain_toggled", "plain_nograd", "fast", "fast_nchw", "fast_fp32"] if device.type == "cuda"
+               else ["plain", "plain_toggled", "plain_nograd", "fast", "fast_cl"])
     variants = args.variants.split(",") if args.variants else default
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:

@@ -5,4 +5,5 @@
     detectors          feature networks behind one interface (`get_detector(name)`)
     inception          our Inception-v3 (2015 TF graph) + loading NVIDIA's / fid-helper's TorchScript weights
     frechet_distance, kernel_inception_distance, precision_recall, inception_score: the metrics' math
+    summary            run-dir summaries of metric-*.jsonl: best-<result>.json pointers, metrics.png
 """

@@ -1,7 +1,8 @@
 """Metric registry and the API used by the training loop and calc_metrics.py.
 
     result = calc_metric('fid50k_full', G=G_ema, dataset_kwargs=dict(path='data/ffhq256.zip'), device=device)
-    report_metric(result, run_dir=run_dir, snapshot_pkl=snapshot_path)   # -> run_dir/metric-fid50k_full.jsonl
+    report_metric(result, run_dir=run_dir, snapshot_pkl=snapshot_path, kimg=kimg)  # -> metric-fid50k_full.jsonl
+    summary.update_run_summaries(run_dir)       # -> best-fid50k_full.json, metrics.png (metrics/summary.py)
 
 Names (N is a count such as 50k, 10k, 2k or a plain number such as 500):
     fidN[_full]             Fréchet Inception Distance            results: {name: fid}
@@ -137,13 +138,17 @@ def _format_time(seconds):
     return f"{s // 3600}h {(s // 60) % 60:02d}m"
 
 
-def report_metric(result_dict, run_dir=None, snapshot_pkl=None):
-    """Append the result as one JSON line to run_dir/metric-{name}.jsonl (if run_dir) and return the line."""
+def report_metric(result_dict, run_dir=None, snapshot_pkl=None, kimg=None):
+    """Append the result as one JSON line to run_dir/metric-{name}.jsonl (if run_dir) and return the line.
+
+    `kimg`: thousands of training images the evaluated snapshot had seen (None when unknown).
+    """
     metric = result_dict["metric"]
     if snapshot_pkl is not None and run_dir is not None and os.path.dirname(os.path.abspath(snapshot_pkl)) == \
             os.path.abspath(run_dir):
         snapshot_pkl = os.path.relpath(snapshot_pkl, run_dir)
-    line = dict(result_dict, snapshot_pkl=snapshot_pkl, timestamp=time.time())
+    line = dict(result_dict, snapshot_pkl=snapshot_pkl, kimg=None if kimg is None else float(kimg),
+                timestamp=time.time())
     text = json.dumps(line)
     if run_dir is not None:
         os.makedirs(run_dir, exist_ok=True)

@@ -22,25 +22,92 @@ from .feature_networks import FrozenFeatureNetwork
 from .projection import RandomProjection
 
 
-def _sn_conv(in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1, bias=True):
-    return spectral_norm(torch.nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding,
-                                         groups=groups, bias=bias))
+class SNConv2d(torch.nn.Conv2d):
+    """Conv2d with spectral normalisation (Miyato et al. 2018): x -> conv(x, W) / sigma(W) + b.
+
+    The estimate matches `torch.nn.utils.parametrizations.spectral_norm` (same initial draws and 15 warm-up
+    iterations, one power iteration per training forward, sigma's gradient taken with u and v held fixed), but it
+    costs two passes over W instead of about nine: 1/sigma scales the conv's *output* rather than the weight, and
+    sigma = |W v| reuses the power iteration's matrix-vector product. That matters because the deep mini-D layers
+    have weights ~10x larger than a batch's activations (512x256x4x4 = 2.1M values vs 8x512x7x7 = 0.2M).
+
+    forward(x [N, C_in, H, W]) -> [N, C_out, H', W'], like torch.nn.Conv2d.
+    """
+
+    def __init__(self, *args, eps=1e-12, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.eps = eps
+        with torch.no_grad():
+            w = self.weight.flatten(1)
+            u = F.normalize(w.new_empty(w.shape[0]).normal_(0, 1), dim=0, eps=eps)
+            v = F.normalize(w.new_empty(w.shape[1]).normal_(0, 1), dim=0, eps=eps)
+            # Warm-up: the 15 iterations torch's spectral_norm runs, plus the one of its registration call.
+            for _ in range(16):
+                u = F.normalize(torch.mv(w, v), dim=0, eps=eps)
+                v = F.normalize(torch.mv(w.t(), u), dim=0, eps=eps)
+        self.register_buffer("u", u)
+        self.register_buffer("v", v)
+
+    def _matrix(self):
+        """(W as a matrix view, whether its columns are in channels_last order) without copying W.
+
+        A channels_last weight (what the conv wants when its input is channels_last) is viewed as
+        [C_out, k*k*C_in]: a column permutation, which leaves the singular values unchanged. v is kept in the
+        canonical [C_in*k*k] order whatever the memory format, and permuted (a tiny vector) when needed.
+        """
+        w = self.weight
+        if w.ndim == 4 and not w.is_contiguous() and w.is_contiguous(memory_format=torch.channels_last):
+            return w.permute(0, 2, 3, 1).flatten(1), True
+        return w.flatten(1), False
+
+    def _v_as(self, channels_last):
+        o, i, kh, kw = self.weight.shape
+        return self.v.view(i, kh, kw).permute(1, 2, 0).flatten() if channels_last else self.v
+
+    def sigma(self):
+        """Largest singular value of W viewed as [C_out, C_in*k*k]; differentiable in W (u, v held fixed)."""
+        w, cl = self._matrix()
+        if not self.training:
+            return torch.dot(self.u, torch.mv(w, self._v_as(cl)))
+        with torch.no_grad():  # One power iteration, updating the estimate in place (DDP broadcasts buffers).
+            v = F.normalize(torch.mv(w.t(), self.u), dim=0, eps=self.eps)
+            o, i, kh, kw = self.weight.shape
+            self.v.copy_(v.view(kh, kw, i).permute(2, 0, 1).flatten() if cl else v)
+        wv = torch.mv(w, v)
+        sigma = wv.norm()  # = u^T W v with u = Wv / |Wv|: the gradient is the same u v^T outer product.
+        with torch.no_grad():
+            self.u.copy_(wv / sigma.clamp_min(self.eps))
+        return sigma
+
+    def forward(self, x):
+        out = self._conv_forward(x, self.weight, None)
+        scale = (1 / self.sigma()).to(out.dtype)
+        if self.bias is None:
+            return out * scale
+        return torch.addcmul(self.bias.to(out.dtype).view(1, -1, 1, 1), out, scale)
 
 
-def _conv(in_channels, out_channels, kernel_size, stride=1, padding=0, separable=False):
+def _sn_conv(in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1, bias=True, plain=False):
+    if plain:  # The benchmark reference: torch's own spectral norm, which rescales the weight on every call.
+        return spectral_norm(torch.nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding,
+                                             groups=groups, bias=bias))
+    return SNConv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=bias)
+
+
+def _conv(in_channels, out_channels, kernel_size, stride=1, padding=0, separable=False, plain=False):
     """Spectral-normalised conv; `separable` factors it into a depthwise and a 1x1 pointwise conv."""
     if not separable:
-        return _sn_conv(in_channels, out_channels, kernel_size, stride, padding)
+        return _sn_conv(in_channels, out_channels, kernel_size, stride, padding, plain=plain)
     return torch.nn.Sequential(
-        _sn_conv(in_channels, in_channels, kernel_size, stride, padding, groups=in_channels, bias=False),
-        _sn_conv(in_channels, out_channels, 1))
+        _sn_conv(in_channels, in_channels, kernel_size, stride, padding, groups=in_channels, bias=False, plain=plain),
+        _sn_conv(in_channels, out_channels, 1, plain=plain))
 
 
 class DownBlock(torch.nn.Sequential):
     """[N, C_in, R, R] -> [N, C_out, ceil(R/2), ceil(R/2)]: strided 4x4 conv, BatchNorm, LeakyReLU(0.2)."""
 
-    def __init__(self, in_channels, out_channels, separable=False):
-        super().__init__(_conv(in_channels, out_channels, 4, 2, 1, separable),
+    def __init__(self, in_channels, out_channels, separable=False, plain=False):
+        super().__init__(_conv(in_channels, out_channels, 4, 2, 1, separable, plain),
                          torch.nn.BatchNorm2d(out_channels),
                          torch.nn.LeakyReLU(0.2, inplace=True))
 
@@ -50,26 +117,32 @@ class MiniDiscriminator(torch.nn.Module):
 
     It halves the feature map until it reaches `grid_res` (the deepest level's size, so every level ends on the
     same grid), then a final conv yields the logit map [N, 1, G, G] (G = grid_res - 3, or 1 for tiny grids).
-    Width grows as the map shrinks (64 channels at 64x64 up to `max_width`). With `c_dim > 0` it is a
+    Width doubles per block, ending at `max_width` on the grid. With `c_dim > 0` it is a
     projection discriminator (Miyato & Koyama 2018): the final conv emits a `cmap_dim`-dim vector per position
     that is dotted with an embedding of the label.
 
     forward(x [N, C, R, R], c [N, c_dim]) -> logits [N, G*G]
     """
 
-    def __init__(self, in_channels, in_res, grid_res, c_dim=0, cmap_dim=64, max_width=512, separable=False):
+    def __init__(self, in_channels, in_res, grid_res, c_dim=0, cmap_dim=64, max_width=512, separable=False,
+                 plain=False):
         super().__init__()
-        def width(res):
-            return int(min(max_width, 64 * max(1, 64 // max(res, 1))))
+        sizes = [in_res]  # Spatial size after each strided block, down to the common grid.
+        while sizes[-1] > grid_res:
+            sizes.append((sizes[-1] + 1) // 2)
+        # The block that lands on the grid is `max_width` wide, each earlier one half as wide (at least 64). Tied
+        # to the distance from the grid rather than to absolute sizes, this gives the paper's widths at feat_res
+        # 224 (64 -> 128 -> 256 -> 512 on the finest level) and keeps D equally small at other feat_res.
+        widths = [max(64, max_width >> k) for k in reversed(range(len(sizes) - 1))]
         # As in the paper, the projected features enter the first strided block directly (no stem conv).
-        res, ch, layers = in_res, in_channels, []
-        while res > grid_res:
-            layers.append(DownBlock(ch, width((res + 1) // 2), separable))
-            res, ch = (res + 1) // 2, width((res + 1) // 2)
+        res, ch, layers = sizes[-1], in_channels, []
+        for w in widths:
+            layers.append(DownBlock(ch, w, separable, plain))
+            ch = w
         kernel = 4 if res >= 4 else res
         self.c_dim = c_dim
         self.cmap_dim = cmap_dim if c_dim > 0 else 1
-        layers.append(_conv(ch, self.cmap_dim, kernel, separable=separable))
+        layers.append(_conv(ch, self.cmap_dim, kernel, separable=separable, plain=plain))
         self.main = torch.nn.Sequential(*layers)
         self.grid = res - kernel + 1
         if c_dim > 0:
@@ -103,8 +176,10 @@ class ProjectedDiscriminator(torch.nn.Module):
                        CPUs we measured it was slower, see docs/benchmarks.md).
         bf16:          autocast the backbone to bfloat16 (None: auto, on for CUDA only; CPUs without native
                        bf16 get slower, see docs/benchmarks.md).
-        plain:         reference implementation for benchmarks: backbone weights stay autograd leaves (gradients
-                       computed and discarded each step), fp32, NCHW. Not for training.
+        plain:         the paper's discriminator written the obvious way, as the benchmarks' reference: the frozen
+                       backbone and CCM/CSM are ordinary `nn.Parameter`s that only the optimizer leaves alone (autograd
+                       computes and discards their gradients), BatchNorms unfolded, torch's `spectral_norm`, fp32,
+                       NCHW. Same function as the fast path, other state-dict keys. Not for training.
 
     forward(img [N, C, H, W] in [-1, 1], c [N, c_dim]) -> logits [N, K], K = sum of the mini-Ds' grid sizes.
     """
@@ -139,10 +214,12 @@ class ProjectedDiscriminator(torch.nn.Module):
 
         self.feature_network = FrozenFeatureNetwork(backbone, weights=weights, pretrained=pretrained,
                                                     feat_res=feat_res, keep_parameters=plain)
-        self.projection = RandomProjection(self.feature_network.channels, proj_type, proj_width, expand, proj_seed)
+        self.projection = RandomProjection(self.feature_network.channels, proj_type, proj_width, expand, proj_seed,
+                                           as_parameters=plain)
         resolutions = self.feature_network.resolutions
         self.discs = torch.nn.ModuleList(
-            MiniDiscriminator(ch, res, grid_res=resolutions[-1], c_dim=c_dim if cond else 0, separable=separable)
+            MiniDiscriminator(ch, res, grid_res=resolutions[-1], c_dim=c_dim if cond else 0, separable=separable,
+                              plain=plain)
             for ch, res in zip(self.projection.out_channels[:num_discs], resolutions[:num_discs]))
 
     def train(self, mode=True):

@@ -180,6 +180,51 @@ def _params_to_buffers(module):
             sub.register_buffer(name, p.detach())
 
 
+def fold_batchnorm(net):
+    """Fold every eval-mode BatchNorm that directly follows a conv into that conv's weight and bias, in place.
+
+    A frozen BN is a per-channel affine map, so conv -> BN equals one conv with rescaled weights and a bias: this
+    saves a full read-write pass over each activation in the forward and in the G step's backward. timm's
+    `BatchNormAct2d` keeps its activation (and dropout). Pairs are found by registration order (a conv child
+    immediately followed by a BN child of matching width), which holds for timm's EfficientNet, MobileNet,
+    ResNet-style blocks; `FrozenFeatureNetwork` checks the folded network numerically and keeps the original
+    if an architecture breaks that assumption. Returns the number of folded pairs.
+    """
+    folded = 0
+    for parent in list(net.modules()):
+        children = list(parent.named_children())
+        for (_, conv), (bn_name, bn) in zip(children, children[1:]):
+            if not (isinstance(conv, torch.nn.Conv2d) and type(bn).__name__ in ("BatchNorm2d", "BatchNormAct2d")
+                    and bn.num_features == conv.out_channels and bn.track_running_stats and bn.affine):
+                continue
+            with torch.no_grad():
+                scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+                bias = bn.bias - bn.running_mean * scale
+                if conv.bias is not None:
+                    bias = bias + conv.bias * scale
+                conv.weight = torch.nn.Parameter(conv.weight * scale.view(-1, 1, 1, 1), requires_grad=False)
+                conv.bias = torch.nn.Parameter(bias, requires_grad=False)
+            rest = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None)) if m is not None]
+            setattr(parent, bn_name, torch.nn.Sequential(*rest) if rest else torch.nn.Identity())
+            folded += 1
+    return folded
+
+
+def _fold_batchnorm_checked(net, feat_res, tol=1e-4):
+    """`fold_batchnorm` on a copy of `net`, kept only if it computes the same features (else `net` unchanged)."""
+    import copy
+    folded_net = copy.deepcopy(net)
+    if fold_batchnorm(folded_net) == 0:
+        return net
+    x = torch.randn(2, 3, feat_res, feat_res, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ok = all((a - b).abs().max() <= tol * (1 + a.abs().max()) for a, b in zip(net(x), folded_net(x)))
+    if not ok:
+        _log_once(f"projector_plugin: BatchNorm folding changed {type(net).__name__}'s features; kept unfolded")
+        return net
+    return folded_net
+
+
 class FrozenFeatureNetwork(torch.nn.Module):
     """A pretrained timm backbone that maps images to four feature maps at strides 4, 8, 16, 32.
 
@@ -189,8 +234,9 @@ class FrozenFeatureNetwork(torch.nn.Module):
         pretrained: False gives random weights (only for tests and benchmarks that do not need ImageNet features).
         feat_res:   input resolution of the network; default: the model's own (224 for lite0). Images of any
                     size are resized to it (upsampled when smaller, as in the paper).
-        keep_parameters: keep the weights as trainable-looking `nn.Parameter`s (requires_grad=True). Only for the
-                    benchmark's "plain" reference implementation, which computes and discards their gradients.
+        keep_parameters: keep the weights as trainable-looking `nn.Parameter`s (requires_grad=True) and the
+                    BatchNorms unfolded. Only for the benchmark's "plain" reference implementation, which computes and
+                    discards their gradients. Otherwise the frozen BatchNorms are folded into the convs.
 
     forward(x): x [N, 3, H, W] in [-1, 1] -> list of 4 tensors [N, C_i, feat_res/s_i, feat_res/s_i].
     """
@@ -235,6 +281,7 @@ class FrozenFeatureNetwork(torch.nn.Module):
 
         self.net = net.eval()
         if not keep_parameters:
+            self.net = _fold_batchnorm_checked(self.net, self.feat_res)
             _params_to_buffers(self.net)
 
     def train(self, mode=True):

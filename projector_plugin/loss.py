@@ -130,7 +130,8 @@ class ProjectedGANLoss:
         if phase in ("Dmain", "Dboth"):
             with _ddp_sync(self.D, sync):
                 with torch.no_grad():  # D's step never needs gradients through G.
-                    gen_img = self.run_G(gen_z, gen_c, update_emas=True)
+                    # detach(): no_grad does not strip requires_grad from a generator that returns a leaf tensor.
+                    gen_img = self.run_G(gen_z, gen_c, update_emas=True).detach()
                 gen_logits = self.run_D(gen_img, gen_c, blur_sigma)
                 loss_fake = F.relu(1 + gen_logits).mean()
                 real_logits = self.run_D(real_img.detach(), real_c, blur_sigma)

@@ -122,3 +122,33 @@ def test_gen_video_errors(tmp_path, snaps):
                                                 f"--output={tmp_path / 'v.mp4'}"])
         assert r.exit_code == 2 and "imageio-ffmpeg" in r.output
     assert not (tmp_path / "v.gif").exists() and not (tmp_path / "v.mp4").exists()
+
+
+def test_best_pointer_as_network(tmp_path, snaps):
+    """A run dir's best-<result>.json stands for the snapshot it names (relative to the pointer)."""
+    import json
+    import shutil
+
+    run = tmp_path / "00001-run"
+    run.mkdir()
+    shutil.copy(snaps["uncond"], run / "network-snapshot-000002.500.pt")
+    pointer = run / "best-fid50k_full.json"
+    pointer.write_text(json.dumps(dict(metric="fid50k_full", result="fid50k_full", value=12.0, kimg=2.5,
+                                       snapshot_pkl="network-snapshot-000002.500.pt", direction="lower")))
+    r = _run(gen_images.main, [f"--network={pointer}", "--seeds=3,4", f"--outdir={tmp_path / 'via_pointer'}"])
+    assert r.exit_code == 0, r.output
+    r = _run(gen_images.main, [f"--network={snaps['uncond']}", "--seeds=3,4", f"--outdir={tmp_path / 'direct'}"])
+    assert r.exit_code == 0, r.output
+    for seed in (3, 4):
+        assert np.array_equal(_png(tmp_path / "via_pointer" / f"seed{seed:04d}.png"),
+                              _png(tmp_path / "direct" / f"seed{seed:04d}.png"))
+    r = _run(gen_video.main, [f"--network={pointer}", "--seeds=0-1", "--frames=2", f"--output={tmp_path / 'v.gif'}"])
+    assert r.exit_code == 0, r.output
+    assert PIL.Image.open(tmp_path / "v.gif").n_frames == 4
+    os.remove(run / "network-snapshot-000002.500.pt")  # the snapshot is gone: a clear error, nothing written
+    for main, extra in ((gen_images.main, [f"--outdir={tmp_path / 'gone'}"]),
+                        (gen_video.main, [f"--output={tmp_path / 'gone.gif'}"])):
+        r = CliRunner().invoke(main, [f"--network={pointer}", "--seeds=0-1", *extra])
+        assert r.exit_code == 2, r.output
+        assert "network-snapshot-000002.500.pt" in r.output and "does not exist" in r.output
+    assert not (tmp_path / "gone").exists() and not (tmp_path / "gone.gif").exists()

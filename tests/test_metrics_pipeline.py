@@ -249,7 +249,10 @@ def test_report_metric_appends_json_lines(tmp_path):
     first = json.loads(lines[0])
     assert first["results"] == {"fid50k_full": 12.5} and first["snapshot_pkl"] == "network-snapshot-000100.pt"
     assert first == line and json.loads(lines[1])["results"] == {"fid50k_full": 10.0}
+    assert first["kimg"] is None  # unknown unless given
     assert metric_main.report_metric(result)["metric"] == "fid50k_full"  # No run_dir: nothing written.
+    assert metric_main.report_metric(result, run_dir=str(run_dir), snapshot_pkl=snap, kimg=1.504)["kimg"] == 1.504
+    assert json.loads((run_dir / "metric-fid50k_full.jsonl").read_text().splitlines()[2])["kimg"] == 1.504
 
 
 # ----------------------------------------------------------------------------
@@ -362,3 +365,36 @@ def test_cli_network_snapshot(toy, cli, tmp_path):
     res = cli("--metrics=fid6_full", f"--network={snap}", f"--data={write_folder(tmp_path / 'd16', 6, 9, 40)}",
               f"--cache-dir={tmp_path}")
     assert res.exit_code == 1 and "resolution mismatch" in res.output
+
+
+def test_cli_best_pointer_and_kimg_from_the_snapshot(toy, cli, tmp_path):
+    from training import snapshot
+    from training.networks_fastgan import Generator
+    data32 = write_folder(tmp_path / "data32", 6, seed=8, brightness=40, res=32)
+    cfg = dict(class_name="training.networks_fastgan.Generator", z_dim=8, c_dim=0, w_dim=8, img_resolution=32,
+               img_channels=3, ngf=4, lite=True)
+    G = Generator(**{k: v for k, v in cfg.items() if k != "class_name"})
+    run_dir = tmp_path / "00000-run"
+    run_dir.mkdir()
+    snap = run_dir / "network-snapshot-000004.504.pt"
+    snapshot.save_snapshot(str(snap), networks=dict(G=cfg), G=G, G_ema=G, progress=dict(cur_nimg=4504),
+                           config=dict(training_set_kwargs=dict(class_name="training.dataset.ImageFolderDataset",
+                                                                path=data32, use_labels=False, xflip=True)))
+    res = cli("--metrics=fid6_full", f"--network={snap}", f"--cache-dir={tmp_path}", "--batch=4")
+    assert res.exit_code == 0, res.output
+    line = json.loads((run_dir / "metric-fid6_full.jsonl").read_text())
+    assert line["kimg"] == 4.504 and line["snapshot_pkl"] == snap.name
+    pointer = run_dir / "best-fid6_full.json"  # refreshed by calc_metrics.py too
+    assert json.loads(pointer.read_text()) == dict(metric="fid6_full", result="fid6_full", kimg=4.504,
+                                                   value=line["results"]["fid6_full"], snapshot_pkl=snap.name,
+                                                   direction="lower")
+    assert (run_dir / "metrics.png").is_file()
+    # The pointer as --network: evaluates the snapshot it names, and the new line names the snapshot.
+    res = cli("--metrics=fid6_full", f"--network={pointer}", f"--cache-dir={tmp_path}", "--batch=4")
+    assert res.exit_code == 0, res.output
+    lines = [json.loads(t) for t in (run_dir / "metric-fid6_full.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and lines[1]["snapshot_pkl"] == snap.name and lines[1]["kimg"] == 4.504
+    assert lines[1]["results"] == lines[0]["results"]
+    os.remove(snap)
+    res = cli("--metrics=fid6_full", f"--network={pointer}", f"--cache-dir={tmp_path}")
+    assert res.exit_code == 2 and "does not exist" in res.output and snap.name in res.output

@@ -77,8 +77,9 @@ def test_smoke_every_cfg_and_loss(tmp_path, data, cfg, loss):
     assert result.exit_code == 0, result.output
     (run_dir,) = glob.glob(str(tmp_path / "00000-*"))
     assert os.path.basename(run_dir) == f"00000-{cfg}-{loss}-{os.path.basename(dataset)}-gpus1-batch4"
+    # --tick=0.004 --snap=1: snapshots less than 1 kimg apart have exact names (kimg with 3 decimals).
     for name in ("training_options.json", "log.txt", "stats.jsonl", "reals.png", "fakes_init.png",
-                 "fakes000000.png", "network-snapshot-000000.pt"):
+                 "fakes000000.004.png", "network-snapshot-000000.004.pt"):
         assert os.path.isfile(os.path.join(run_dir, name)), name
 
     options = json.load(open(os.path.join(run_dir, "training_options.json")))
@@ -94,9 +95,9 @@ def test_smoke_every_cfg_and_loss(tmp_path, data, cfg, loss):
     assert len(stats) == 1 and stats[0]["Progress/kimg"]["mean"] == pytest.approx(0.004)
     for name in ("Loss/G/loss", "Loss/D/loss"):
         assert all(math.isfinite(s[name]["mean"]) for s in stats), name
-    assert PIL.Image.open(os.path.join(run_dir, "fakes000000.png")).size == (64, 64)
+    assert PIL.Image.open(os.path.join(run_dir, "fakes000000.004.png")).size == (64, 64)
 
-    snap = snapshot.load_snapshot(os.path.join(run_dir, "network-snapshot-000000.pt"))
+    snap = snapshot.load_snapshot(os.path.join(run_dir, "network-snapshot-000000.004.pt"))
     assert snap["progress"]["cur_nimg"] == 4
     assert snap["networks"]["G"]["c_dim"] == (3 if "--cond=1" in extra else 0)
     # Parameters changed: rebuild G's initialization (the loop seeds it with (seed, 0, 0)) and compare.
@@ -107,7 +108,7 @@ def test_smoke_every_cfg_and_loss(tmp_path, data, cfg, loss):
     weights = [k for k in G_init if k.endswith("weight") or k.endswith("original")]
     changed = [k for k in weights if not torch.equal(G_init[k], snap["G"][k])]
     assert len(changed) > 0.5 * len(weights)
-    G = snapshot.load_generator(os.path.join(run_dir, "network-snapshot-000000.pt"))
+    G = snapshot.load_generator(os.path.join(run_dir, "network-snapshot-000000.004.pt"))
     c = torch.zeros([2, G.c_dim])
     if G.c_dim:
         c[:, 0] = 1
@@ -231,7 +232,7 @@ def test_sigkill_then_resume_latest(tmp_path, data):
         deadline = time.time() + 240
         first = None
         while time.time() < deadline and proc.poll() is None:
-            first = glob.glob(str(outdir / "00000-*" / "network-snapshot-000000.pt"))
+            first = glob.glob(str(outdir / "00000-*" / "network-snapshot-000000.004.pt"))
             if first:
                 break
             time.sleep(0.2)

@@ -2,6 +2,7 @@
 exact resume (with lazy regularization, loss state and a frozen feature network), non-finite losses."""
 
 import glob
+import os
 
 import numpy as np
 import PIL.Image
@@ -154,8 +155,71 @@ def test_non_finite_loss_stops_and_keeps_last_good_snapshot(tmp_path, data_dir):
         tl.training_loop(**c)
     msg = str(err.value)
     assert "step 2 (kimg 0.008)" in msg and "phase Dboth" in msg and "Loss/D/loss" in msg
-    snaps = glob.glob(str(tmp_path / "run" / "network-snapshot-*.pt"))
-    assert len(snaps) == 1
-    data = snapshot.load_snapshot(snaps[0])
-    assert data["progress"]["cur_nimg"] == 8  # written after step 1; nothing from the NaN step
-    assert all(torch.isfinite(v).all() for v in data["D"].values() if v.is_floating_point())
+    # Snapshots 0.004 kimg apart get exact names (with integer-kimg names the second overwrote the first).
+    snaps = sorted(glob.glob(str(tmp_path / "run" / "network-snapshot-*.pt")))
+    assert [os.path.basename(p) for p in snaps] == ["network-snapshot-000000.004.pt", "network-snapshot-000000.008.pt"]
+    assert snapshot.find_latest(str(tmp_path / "run")) == snaps[-1]
+    for path, nimg in zip(snaps, (4, 8)):
+        data = snapshot.load_snapshot(path)
+        assert data["progress"]["cur_nimg"] == nimg  # the last written after step 1; nothing from the NaN step
+        assert all(torch.isfinite(v).all() for v in data["D"].values() if v.is_floating_point())
+
+
+def _fake_metric(values):
+    """calc_metric stand-in returning the next of `values` (no detector, no images)."""
+    values = list(values)
+
+    def calc_metric(metric, **kwargs):
+        return dict(results={metric: values.pop(0)}, metric=metric, total_time=0.0, total_time_str="0s", num_gpus=1)
+
+    return calc_metric
+
+
+def test_sub_kimg_snapshots_get_distinct_names_and_metric_summaries(tmp_path, data_dir, monkeypatch):
+    import json
+
+    from metrics import metric_main
+
+    monkeypatch.setattr(metric_main, "calc_metric", _fake_metric([30.0, 10.0]))
+    run = tmp_path / "run"
+    # Snapshots every 0.004 kimg (like --tick=0.5 --snap=1: less than 1 kimg apart).
+    c = baseline_config(run, data_dir, G_reg_interval=None, D_reg_interval=None, total_kimg=0.008,
+                        kimg_per_tick=0.004, network_snapshot_ticks=1, metrics=["fid50k_full"])
+    out = tl.training_loop(**c)
+    names = ["network-snapshot-000000.004.pt", "network-snapshot-000000.008.pt"]
+    assert sorted(os.path.basename(p) for p in glob.glob(str(run / "network-snapshot-*.pt"))) == names
+    for name, nimg in zip(names, (4, 8)):
+        assert snapshot.load_snapshot(str(run / name), mmap=True)["progress"]["cur_nimg"] == nimg
+    assert out["last_snapshot"] == str(run / names[-1]) == snapshot.find_latest(str(run))
+    lines = [json.loads(t) for t in (run / "metric-fid50k_full.jsonl").read_text().splitlines()]
+    assert [(l["kimg"], l["snapshot_pkl"], l["results"]["fid50k_full"]) for l in lines] == \
+        [(0.004, names[0], 30.0), (0.008, names[1], 10.0)]
+    best = json.loads((run / "best-fid50k_full.json").read_text())
+    assert best == dict(metric="fid50k_full", result="fid50k_full", value=10.0, kimg=0.008, snapshot_pkl=names[1],
+                        direction="lower")
+    assert snapshot.resolve_network_path(str(run / "best-fid50k_full.json")) == str(run / names[1])
+    assert PIL.Image.open(run / "metrics.png").size == (480, 300)
+
+
+def test_final_snapshot_in_the_same_kimg_keeps_the_previous_one(tmp_path, data_dir, monkeypatch, capsys):
+    from metrics import metric_main, summary
+
+    def broken(run_dir):
+        raise OSError("disk full")
+
+    # The summaries can never stop training: a failure there is logged and the run goes on.
+    monkeypatch.setattr(summary, "update_run_summaries", broken)
+    monkeypatch.setattr(metric_main, "calc_metric", _fake_metric([5.0, 6.0]))
+    # Ticks of 1 kimg: tick 0 ends after the first step (4 images), the run ends at 8 images, in the same kimg.
+    run = tmp_path / "run"
+    c = baseline_config(run, data_dir, G_reg_interval=None, D_reg_interval=None, total_kimg=0.008,
+                        kimg_per_tick=1, network_snapshot_ticks=1, metrics=["fid50k_full"])
+    assert tl.training_loop(**c)["cur_nimg"] == 8
+    found = sorted(os.path.basename(p) for p in glob.glob(str(run / "network-snapshot-*.pt")))
+    assert found == ["network-snapshot-000000.008.pt", "network-snapshot-000000.pt"]
+    assert snapshot.load_snapshot(str(run / found[1]), mmap=True)["progress"]["cur_nimg"] == 4
+    assert snapshot.find_latest(str(run)) == str(run / found[0])
+    logged = capsys.readouterr().out
+    assert logged.count("could not update the metric summaries") == 2 and "OSError: disk full" in logged
+    assert len((run / "metric-fid50k_full.jsonl").read_text().splitlines()) == 2
+    assert not (run / "metrics.png").exists()

@@ -252,6 +252,50 @@ def test_find_latest_prefers_newest_run_then_highest_kimg(tmp_path):
     assert snapshot.snapshot_name(12345) == "network-snapshot-000012.pt"
 
 
+def test_fine_snapshot_names_parse_and_temp_files(tmp_path):
+    assert snapshot.snapshot_name(1504) == "network-snapshot-000001.pt"
+    assert snapshot.snapshot_name(1504, fine=True) == "network-snapshot-000001.504.pt"
+    assert snapshot.snapshot_name(1008, fine=True) == "network-snapshot-000001.008.pt"
+    assert snapshot.snapshot_name(1000, fine=True) != snapshot.snapshot_name(1000)
+    assert snapshot.parse_snapshot_name("network-snapshot-000001.504.pt") == (1, 1504)
+    assert snapshot.parse_snapshot_name(str(tmp_path / "network-snapshot-000012.pt")) == (12, None)
+    for bad in ("network-snapshot-000001.5.pt", "network-snapshot-x.pt", "best-fid50k_full.json",
+                ".network-snapshot-000001.504.pt.123.abc.tmp"):
+        assert snapshot.parse_snapshot_name(bad) is None, bad
+    # A half-written fine-named snapshot of a dead writer is cleaned up like an integer-named one.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for name in (f".network-snapshot-000001.504.pt.{dead.pid}.x.tmp", f".network-snapshot-000002.pt.{dead.pid}.y.tmp"):
+        (tmp_path / name).write_bytes(b"PK")
+    (tmp_path / "network-snapshot-000001.504.pt").write_bytes(b"x")
+    assert snapshot.find_latest(str(tmp_path)) == str(tmp_path / "network-snapshot-000001.504.pt")
+    assert len(snapshot.remove_stale_temp_files(str(tmp_path))) == 2
+    assert os.listdir(tmp_path) == ["network-snapshot-000001.504.pt"]
+
+
+def test_mixed_snapshot_names_are_ordered_by_images_seen(tmp_path):
+    run = tmp_path / "00007-run"
+    run.mkdir()
+    # (name, mtime): mtimes deliberately not in training order; only the kimg-1 pair (an integer name and a
+    # fine one: ambiguous by name) is ordered by time, the integer-named one being older.
+    files = [("network-snapshot-000010.pt", 100), ("network-snapshot-000009.999.pt", 200),
+             ("network-snapshot-000002.008.pt", 300), ("network-snapshot-000001.504.pt", 500),
+             ("network-snapshot-000001.pt", 400), ("network-snapshot-000000.500.pt", 600)]
+    for name, mtime in files:
+        (run / name).write_bytes(b"x")
+        os.utime(run / name, (mtime, mtime))
+    expected = ["network-snapshot-000000.500.pt", "network-snapshot-000001.pt", "network-snapshot-000001.504.pt",
+                "network-snapshot-000002.008.pt", "network-snapshot-000009.999.pt", "network-snapshot-000010.pt"]
+    assert [os.path.basename(p) for p in snapshot.list_snapshots(str(run))] == expected
+    assert snapshot.find_latest(str(tmp_path)) == str(run / "network-snapshot-000010.pt")
+    (run / "network-snapshot-000010.250.pt").write_bytes(b"x")  # newer and more images than 000010
+    assert snapshot.find_latest(str(tmp_path)) == str(run / "network-snapshot-000010.250.pt")
+    os.remove(run / "network-snapshot-000010.pt")
+    (run / "network-snapshot-000011.pt").write_bytes(b"x")
+    (run / "network-snapshot-000010.999.pt").write_bytes(b"x")  # newest file, fewer images
+    assert snapshot.find_latest(str(tmp_path)) == str(run / "network-snapshot-000011.pt")
+
+
 # ---------------------------------------------------------------------------------------------
 # training_loop helpers
 

@@ -6,9 +6,11 @@ turns one into an object, so any network, loss or optimizer can be swapped by ed
 """
 
 import importlib
+import os
 import re
+import tempfile
 import types
-from typing import Any, List, Tuple
+from typing import Any, Callable, List, Tuple
 
 
 class EasyDict(dict):
@@ -169,3 +171,36 @@ class Logger:
         if self.file is not None:
             self.file.close()
             self.file = None
+
+
+def atomic_write(path: str, write: Callable[[Any], None], tag: str = "", durable: bool = False) -> None:
+    """Call write(binary file) on a temporary file next to `path`, then rename it over `path`.
+
+    Readers see the old file or the new one, never a partial one; on error the temporary file is removed.
+    The temporary name is `.{basename}.{tag}XXXX.tmp` (a tag such as the writer's PID lets a cleaner tell a
+    dead writer's leftovers from a live one's). `durable` fsyncs the data and the directory entry as well.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.{tag}", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    if durable:  # Make the rename itself durable (a crash right after could otherwise lose the directory entry).
+        try:
+            dir_fd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError:
+            pass

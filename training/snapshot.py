@@ -1,7 +1,8 @@
 """Training snapshots: plain tensors + a JSON-like config, never pickled code.
 
-A snapshot `network-snapshot-{kimg:06d}.pt` is a dict that `torch.load(path, weights_only=True)`
-can read:
+A snapshot `network-snapshot-{kimg:06d}.pt` (or `network-snapshot-{kimg:06d}.{rest:03d}.pt`, the exact
+number of images seen, when snapshots are less than 1 kimg apart: see `snapshot_name`) is a dict that
+`torch.load(path, weights_only=True)` can read:
 
     format, version         'projected-gan-toolkit/snapshot', 1
     networks                {'G': {'class_name': ..., **kwargs}, 'D': {...}}  fully resolved
@@ -21,10 +22,10 @@ SIGKILL) leaves either the previous snapshot or the new one, never a truncated f
 
 import copy
 import glob
+import json
 import os
 import random
 import re
-import tempfile
 import zipfile
 from typing import Any, Dict, Optional
 
@@ -35,7 +36,7 @@ from torch_utils import util
 
 FORMAT = "projected-gan-toolkit/snapshot"
 VERSION = 1
-SNAPSHOT_RE = re.compile(r"network-snapshot-(\d+)\.pt")
+SNAPSHOT_RE = re.compile(r"network-snapshot-(\d+)(?:\.(\d{3}))?\.pt")
 RUN_DIR_RE = re.compile(r"(\d+)-.*")
 
 
@@ -43,9 +44,54 @@ class SnapshotError(RuntimeError):
     """A file is missing, unreadable, or not a snapshot of this toolkit."""
 
 
-def snapshot_name(cur_nimg: int) -> str:
-    """File name of the snapshot taken after `cur_nimg` images: network-snapshot-{kimg:06d}.pt."""
+def snapshot_name(cur_nimg: int, fine: bool = False) -> str:
+    """File name of the snapshot taken after `cur_nimg` images.
+
+    Normally `network-snapshot-{kimg:06d}.pt` (kimg = cur_nimg // 1000). With `fine=True` (the training loop
+    asks for it when snapshots are less than 1 kimg apart, where integer kimg names would collide) the name
+    carries the exact image count as kimg with 3 decimals: 1504 images -> `network-snapshot-000001.504.pt`.
+    """
+    cur_nimg = int(cur_nimg)
+    if fine:
+        return f"network-snapshot-{cur_nimg // 1000:06d}.{cur_nimg % 1000:03d}.pt"
     return f"network-snapshot-{cur_nimg // 1000:06d}.pt"
+
+
+def parse_snapshot_name(name: str) -> Optional[tuple]:
+    """(kimg, images or None) of a snapshot file name, None if `name` is not one.
+
+    `images` is the exact image count of a fine name (`network-snapshot-000001.504.pt` -> (1, 1504)); an
+    integer name only says that the count lies in [kimg * 1000, kimg * 1000 + 999] (-> (kimg, None)).
+    """
+    m = SNAPSHOT_RE.fullmatch(os.path.basename(name))
+    if not m:
+        return None
+    kimg = int(m.group(1))
+    return kimg, (kimg * 1000 + int(m.group(2)) if m.group(2) is not None else None)
+
+
+def resolve_network_path(path: str) -> str:
+    """The snapshot that `path` designates: `path` itself, or for a `best-<result>.json` pointer (any `.json`
+    file written by metrics.summary) the snapshot it names, relative to the pointer's directory.
+
+    Raises SnapshotError when the pointer is unreadable or its snapshot no longer exists.
+    """
+    if not str(path).lower().endswith(".json"):
+        return path
+    if not os.path.isfile(path):
+        raise SnapshotError(f"best pointer '{path}' does not exist")
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as err:
+        raise SnapshotError(f"cannot read best pointer '{path}': {err}") from err
+    snap = data.get("snapshot_pkl") if isinstance(data, dict) else None
+    if not isinstance(snap, str) or not snap:
+        raise SnapshotError(f"'{path}' is not a best-snapshot pointer (no 'snapshot_pkl' entry)")
+    full = snap if os.path.isabs(snap) else os.path.join(os.path.dirname(os.path.abspath(path)), snap)
+    if not os.path.isfile(full):
+        raise SnapshotError(f"best pointer '{path}' names snapshot '{full}', which does not exist (deleted?)")
+    return full
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,31 +188,9 @@ def _to_cpu(obj):
 
 def atomic_torch_save(obj: Any, path: str) -> None:
     """torch.save to a temporary file in the destination directory, fsync, then rename over `path`."""
-    directory = os.path.dirname(os.path.abspath(path))
-    # The writer's PID is part of the name so that leftovers of a killed writer can be told apart
+    # The writer's PID is part of the temporary name so that leftovers of a killed writer can be told apart
     # from a file that a live process is still writing (see remove_stale_temp_files).
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.{os.getpid()}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    # Make the rename itself durable (a crash right after could otherwise lose the directory entry).
-    try:
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+    util.atomic_write(path, lambda f: torch.save(obj, f), tag=f"{os.getpid()}.", durable=True)
 
 
 def save_snapshot(
@@ -212,8 +236,10 @@ def save_snapshot(
 def load_snapshot(path: str, map_location: Any = "cpu", mmap: bool = False) -> Dict[str, Any]:
     """Load a snapshot with `torch.load(weights_only=True)` and check that it is one of ours.
 
-    Raises SnapshotError (naming the file) when it is missing, truncated or of another format.
+    `path` may also be a best-*.json pointer (see `resolve_network_path`). Raises SnapshotError (naming the
+    file) when it is missing, truncated or of another format.
     """
+    path = resolve_network_path(path)
     if not os.path.isfile(path):
         raise SnapshotError(f"snapshot '{path}' does not exist")
     if not zipfile.is_zipfile(path):
@@ -260,20 +286,54 @@ def load_discriminator(path: str, device: Any = "cpu") -> torch.nn.Module:
     return net.eval().requires_grad_(False).to(device)
 
 
+def _order_snapshots(entries):
+    """Sort [(group, name_info, mtime, path)] by images seen within each group (e.g. a run dir).
+
+    Fine names give the exact count; an integer name only its kimg, so two snapshots of the same kimg of which
+    one has an integer name are ordered by modification time (they come from runs with different settings).
+    """
+    ambiguous = {}
+    for group, (kimg, nimg), _, _ in entries:
+        key = (group, kimg)
+        ambiguous[key] = ambiguous.get(key, False) or nimg is None
+
+    def key(entry):
+        group, (kimg, nimg), mtime, path = entry
+        exact = nimg if nimg is not None else kimg * 1000
+        tie = (mtime, exact) if ambiguous[(group, kimg)] else (exact, mtime)
+        return (group, kimg, tie, path)
+
+    return sorted(entries, key=key)
+
+
+def list_snapshots(directory: str) -> list:
+    """Snapshot files directly in `directory`, oldest first by images seen (see `_order_snapshots`)."""
+    entries = []
+    for path in glob.glob(os.path.join(glob.escape(directory), "network-snapshot-*.pt")):
+        info = parse_snapshot_name(path)
+        if info is None:
+            continue
+        try:
+            entries.append((0, info, os.path.getmtime(path), path))
+        except OSError:
+            continue
+    return [e[-1] for e in _order_snapshots(entries)]
+
+
 def find_latest(outdir: str) -> Optional[str]:
-    """Newest snapshot under `outdir`: in the highest-numbered run dir `NNNNN-*` that has one, the highest kimg.
+    """Newest snapshot under `outdir`: in the highest-numbered run dir `NNNNN-*` that has one, the most images seen.
 
     Looks in `outdir` itself too (a run dir passed directly). Returns None when there is none.
     Temporary files of interrupted writes never match, so a crashed save is never picked.
     """
     if not os.path.isdir(outdir):
         return None
-    candidates = []
+    entries = []
     for path in glob.glob(os.path.join(glob.escape(outdir), "network-snapshot-*.pt")) + glob.glob(
         os.path.join(glob.escape(outdir), "*", "network-snapshot-*.pt")
     ):
-        m = SNAPSHOT_RE.fullmatch(os.path.basename(path))
-        if not m:
+        info = parse_snapshot_name(path)
+        if info is None:
             continue
         parent = os.path.basename(os.path.dirname(os.path.abspath(path)))
         run = RUN_DIR_RE.fullmatch(parent)
@@ -282,13 +342,13 @@ def find_latest(outdir: str) -> Optional[str]:
             mtime = os.path.getmtime(path)
         except OSError:
             continue
-        candidates.append(((run_id, int(m.group(1)), mtime), path))
-    if not candidates:
+        entries.append((run_id, info, mtime, path))
+    if not entries:
         return None
-    return max(candidates)[1]
+    return _order_snapshots(entries)[-1][-1]
 
 
-_TEMP_RE = re.compile(r"\.network-snapshot-\d+\.pt\.(\d+)\..*\.tmp")
+_TEMP_RE = re.compile(r"\.network-snapshot-\d+(?:\.\d{3})?\.pt\.(\d+)\..*\.tmp")
 
 
 def _pid_alive(pid: int) -> bool:

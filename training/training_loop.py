@@ -477,6 +477,9 @@ def training_loop(
     maintenance_time = tick_start_time - start_time
     stats_collector = training_stats.Collector(regex=".*")
     last_snapshot = None
+    last_snapshot_nimg = None
+    # Integer-kimg snapshot names collide when snapshots are less than 1 kimg apart: use exact names then.
+    fine_snapshot_names = network_snapshot_ticks is not None and network_snapshot_ticks * kimg_per_tick < 1
     sec_per_kimg = float("nan")
     peak_gpu_mem = 0
     done = cur_nimg >= total_nimg
@@ -586,7 +589,10 @@ def training_loop(
         # Fakes grid.
         if rank == 0 and image_snapshot_ticks is not None and (done or cur_tick % image_snapshot_ticks == 0):
             fakes = generate_grid(G_ema, grid_z, grid_c, batch_gpu)
-            save_image_grid(fakes, os.path.join(run_dir, f"fakes{cur_nimg // 1000:06d}.png"), grid_size=grid_size)
+            # Same naming rule as the snapshots: exact image counts when grids are less than 1 kimg apart.
+            name = snapshot_lib.snapshot_name(cur_nimg, fine=image_snapshot_ticks * kimg_per_tick < 1)
+            name = "fakes" + name[len("network-snapshot-"):-len(".pt")] + ".png"
+            save_image_grid(fakes, os.path.join(run_dir, name), grid_size=grid_size)
 
         # Network snapshot (+ metrics).
         snapshot_path = None
@@ -597,14 +603,18 @@ def training_loop(
                     f"non-finite weights after step {batch_idx - 1} (kimg {cur_nimg / 1000:.3f}); "
                     f"not writing a snapshot (last good one: {last_snapshot or resume})")
             if rank == 0:
-                snapshot_path = os.path.join(run_dir, snapshot_lib.snapshot_name(cur_nimg))
+                # The final snapshot may land in the same kimg as the previous one: keep both then too.
+                fine = fine_snapshot_names or (
+                    last_snapshot_nimg is not None and last_snapshot_nimg // 1000 == cur_nimg // 1000
+                    and last_snapshot_nimg != cur_nimg)
+                snapshot_path = os.path.join(run_dir, snapshot_lib.snapshot_name(cur_nimg, fine=fine))
                 snapshot_lib.save_snapshot(
                     snapshot_path,
                     networks=networks, G=G, G_ema=G_ema, D=D, G_opt=optimizers["G"], D_opt=optimizers["D"],
                     progress=dict(cur_nimg=cur_nimg, cur_tick=cur_tick, batch_idx=batch_idx),
                     rng=rng_state, loss=loss, config=options,
                 )
-                last_snapshot = snapshot_path
+                last_snapshot, last_snapshot_nimg = snapshot_path, cur_nimg
             if metrics:
                 from metrics import metric_main
 
@@ -613,10 +623,20 @@ def training_loop(
                         metric=metric, G=G_ema, dataset_kwargs=training_set_kwargs,
                         num_gpus=world, rank=rank, device=device)
                     if rank == 0:
-                        metric_main.report_metric(result_dict, run_dir=run_dir, snapshot_pkl=snapshot_path)
+                        metric_main.report_metric(result_dict, run_dir=run_dir, snapshot_pkl=snapshot_path,
+                                                  kimg=cur_nimg / 1000)
                         for name, value in result_dict["results"].items():
                             log(f"metric {name} = {value:.4f} ({result_dict.get('total_time_str', '')})")
                             stats_metrics[f"Metrics/{name}"] = dict(num=1, mean=float(value), std=0.0)
+                if rank == 0:
+                    # best-<result>.json pointers and metrics.png; never allowed to stop training.
+                    try:
+                        from metrics import summary
+
+                        summary.update_run_summaries(run_dir)
+                    except Exception as err:  # pylint: disable=broad-except
+                        log(f"Warning: could not update the metric summaries in '{run_dir}': "
+                            f"{type(err).__name__}: {err}")
 
         # Statistics.
         stats_dict.update(stats_metrics)
