@@ -176,7 +176,7 @@ def main():
                           ("cpu" if args.device == "auto" else args.device))
     # "fast" is the default configuration; the others flip one of its auto choices to show why it is the default.
     default = (["plain", "plain_toggled", "plain_nograd", "fast", "fast_nchw", "fast_fp32"] if device.type == "cuda"
-               else ["plain", "plain_toggled", "plain_nograd", "fast", "fast_cl"])
+               else ["plain", "plain_toggled", "plain_nograd", "fast", "fast_nchw"])
     variants = args.variants.split(",") if args.variants else default
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:

@@ -128,6 +128,27 @@ def test_note_once(caplog):
     assert [r.getMessage() for r in caplog.records].count("hello once") == 1
 
 
+def test_failed_build_degrades_to_reference_once(monkeypatch, caplog):
+    """A build failure gives None (the op runs its reference), one warning, and no second build attempt."""
+    calls = []
+
+    def failing_get_plugin(module_name, **kwargs):
+        calls.append(module_name)
+        raise custom_ops.PluginBuildError("no nvcc here")
+
+    monkeypatch.setattr(custom_ops, "get_plugin", failing_get_plugin)
+    monkeypatch.setattr(custom_ops, "_failed_plugins", set())
+    custom_ops._noted.discard("fake_op-build")
+    with caplog.at_level(logging.INFO, logger="torch_utils.ops"):
+        for _ in range(3):
+            assert custom_ops.get_plugin_or_none("fake_op_plugin", ["a.cu"], [], "/nowhere") is None
+    assert calls == ["fake_op_plugin"]
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and messages[0].startswith("fake_op: CUDA extension unavailable") and "no nvcc" in messages[0]
+    # CPU tensors never ask for the kernel.
+    assert not custom_ops.cuda_kernel_usable(torch.zeros(1), lambda: pytest.fail("must not build for CPU tensors"))
+
+
 @pytest.mark.skipif(not has_cxx, reason="needs ninja and a C++ compiler")
 def test_compiler_error_is_reported(tmp_path, private_cache):
     src = _write(tmp_path / "broken.cpp", "int f( { return 1; }\n")

@@ -344,7 +344,8 @@ def test_cli_errors(toy, cli, folders, tmp_path):
     assert toy.calls == 0
 
 
-def test_cli_network_snapshot(toy, cli, tmp_path):
+def save_toy_snapshot(tmp_path, name, **save_kwargs):
+    """A 32x32 FastGAN-lite snapshot in a fresh run dir, its training set a 6-image folder -> snapshot path."""
     from training import snapshot
     from training.networks_fastgan import Generator
     data32 = write_folder(tmp_path / "data32", 6, seed=8, brightness=40, res=32)
@@ -353,10 +354,16 @@ def test_cli_network_snapshot(toy, cli, tmp_path):
     G = Generator(**{k: v for k, v in cfg.items() if k != "class_name"})
     run_dir = tmp_path / "00000-run"
     run_dir.mkdir()
-    snap = str(run_dir / "network-snapshot-000004.pt")
-    snapshot.save_snapshot(snap, networks=dict(G=cfg), G=G, G_ema=G,
+    snap = run_dir / name
+    snapshot.save_snapshot(str(snap), networks=dict(G=cfg), G=G, G_ema=G, **save_kwargs,
                            config=dict(training_set_kwargs=dict(class_name="training.dataset.ImageFolderDataset",
                                                                 path=data32, use_labels=False, xflip=True)))
+    return snap
+
+
+def test_cli_network_snapshot(toy, cli, tmp_path):
+    snap = save_toy_snapshot(tmp_path, "network-snapshot-000004.pt")
+    run_dir = snap.parent
     res = cli("--metrics=fid6_full", f"--network={snap}", f"--cache-dir={tmp_path}", "--batch=4")
     assert res.exit_code == 0, res.output
     line = json.loads((run_dir / "metric-fid6_full.jsonl").read_text())
@@ -368,18 +375,8 @@ def test_cli_network_snapshot(toy, cli, tmp_path):
 
 
 def test_cli_best_pointer_and_kimg_from_the_snapshot(toy, cli, tmp_path):
-    from training import snapshot
-    from training.networks_fastgan import Generator
-    data32 = write_folder(tmp_path / "data32", 6, seed=8, brightness=40, res=32)
-    cfg = dict(class_name="training.networks_fastgan.Generator", z_dim=8, c_dim=0, w_dim=8, img_resolution=32,
-               img_channels=3, ngf=4, lite=True)
-    G = Generator(**{k: v for k, v in cfg.items() if k != "class_name"})
-    run_dir = tmp_path / "00000-run"
-    run_dir.mkdir()
-    snap = run_dir / "network-snapshot-000004.504.pt"
-    snapshot.save_snapshot(str(snap), networks=dict(G=cfg), G=G, G_ema=G, progress=dict(cur_nimg=4504),
-                           config=dict(training_set_kwargs=dict(class_name="training.dataset.ImageFolderDataset",
-                                                                path=data32, use_labels=False, xflip=True)))
+    snap = save_toy_snapshot(tmp_path, "network-snapshot-000004.504.pt", progress=dict(cur_nimg=4504))
+    run_dir = snap.parent
     res = cli("--metrics=fid6_full", f"--network={snap}", f"--cache-dir={tmp_path}", "--batch=4")
     assert res.exit_code == 0, res.output
     line = json.loads((run_dir / "metric-fid6_full.jsonl").read_text())

@@ -287,6 +287,35 @@ _logger = logging.getLogger("torch_utils.ops")
 _noted = set()
 
 
+_failed_plugins = set()
+
+
+def get_plugin_or_none(module_name: str, sources: Sequence[str], headers: Sequence[str], source_dir: str):
+    """`get_plugin`, or None if the extension cannot be built: the op then runs its reference path.
+
+    A failure is remembered for the process (one warning, no rebuild attempt per call)."""
+    if module_name in _failed_plugins:
+        return None
+    try:
+        return get_plugin(module_name, sources=sources, headers=headers, source_dir=source_dir)
+    except Exception as err:  # Any build problem degrades to the reference path.
+        _failed_plugins.add(module_name)
+        op = module_name.removesuffix("_plugin")
+        note_once(f"{op}-build", f"{op}: CUDA extension unavailable, using the slower PyTorch reference. {err}",
+                  level=logging.WARNING)
+        return None
+
+
+def cuda_kernel_usable(x, get_plugin) -> bool:
+    """Whether an op's CUDA kernel can run on tensor x: x is on a CUDA device and `get_plugin()` built the
+    extension. Otherwise the op runs its reference path, and why is noted once per process."""
+    if not x.is_cuda:
+        note_once("cpu-fallback", "torch_utils.ops: tensors are not on a CUDA device; using the PyTorch reference "
+                  "implementations of bias_act/upfirdn2d.")
+        return False
+    return get_plugin() is not None
+
+
 def note_once(key: str, message: str, level: int = logging.INFO) -> None:
     """Log `message` on the 'torch_utils.ops' logger the first time `key` is seen in this process."""
     if key in _noted:

@@ -10,7 +10,6 @@ impl='cuda' silently (one informational note per process) runs 'ref' when x is n
 the extension cannot be built, so CPU-only machines need no special casing.
 """
 
-import logging
 import math
 import os
 from typing import Optional
@@ -34,25 +33,16 @@ _ACTIVATIONS = {
 }
 activation_names = tuple(_ACTIVATIONS)
 
-_plugin = None
-_plugin_failed = False
+_plugin = None  # The compiled extension once built; tests swap in an emulation.
 
 
 def _get_plugin():
     """Return the compiled extension, or None (once-only note) if it cannot be built."""
-    global _plugin, _plugin_failed
-    if _plugin is None and not _plugin_failed:
-        try:
-            _plugin = custom_ops.get_plugin(
-                "bias_act_plugin", sources=["bias_act.cpp", "bias_act.cu"], headers=["bias_act.h"],
-                source_dir=os.path.dirname(os.path.abspath(__file__)),
-            )
-        except Exception as err:  # Any build problem degrades to the reference path.
-            _plugin_failed = True
-            custom_ops.note_once(
-                "bias_act-build", f"bias_act: CUDA extension unavailable, using the slower PyTorch reference. {err}",
-                level=logging.WARNING,
-            )
+    global _plugin
+    if _plugin is None:
+        _plugin = custom_ops.get_plugin_or_none(
+            "bias_act_plugin", sources=["bias_act.cpp", "bias_act.cu"], headers=["bias_act.h"],
+            source_dir=os.path.dirname(os.path.abspath(__file__)))
     return _plugin
 
 
@@ -110,14 +100,8 @@ def bias_act(
     """
     dim = _check_args(x, b, dim, impl)
     spec, alpha, gain, clamp = _resolve(act, alpha, gain, clamp)
-    if impl == "cuda":
-        if not x.is_cuda:
-            custom_ops.note_once(
-                "cpu-fallback", "torch_utils.ops: tensors are not on a CUDA device; using the PyTorch reference "
-                "implementations of bias_act/upfirdn2d."
-            )
-        elif _get_plugin() is not None:
-            return _bias_act_cuda(x, b, dim, act, alpha, gain, clamp)
+    if impl == "cuda" and custom_ops.cuda_kernel_usable(x, _get_plugin):
+        return _bias_act_cuda(x, b, dim, act, alpha, gain, clamp)
     return _bias_act_ref(x, b, dim, act, alpha, gain, clamp)
 
 

@@ -17,7 +17,6 @@ Both implementations compute gradients this way, so double backward works and st
 impl='cuda' runs 'ref' when x is not on a CUDA device or the extension cannot be built.
 """
 
-import logging
 import os
 from typing import Optional, Sequence, Tuple, Union
 
@@ -28,25 +27,16 @@ from .. import custom_ops
 
 IntOrPair = Union[int, Sequence[int]]
 
-_plugin = None
-_plugin_failed = False
+_plugin = None  # The compiled extension once built; tests swap in an emulation.
 
 
 def _get_plugin():
     """Return the compiled extension, or None (once-only note) if it cannot be built."""
-    global _plugin, _plugin_failed
-    if _plugin is None and not _plugin_failed:
-        try:
-            _plugin = custom_ops.get_plugin(
-                "upfirdn2d_plugin", sources=["upfirdn2d.cpp", "upfirdn2d.cu"], headers=["upfirdn2d.h"],
-                source_dir=os.path.dirname(os.path.abspath(__file__)),
-            )
-        except Exception as err:  # Any build problem degrades to the reference path.
-            _plugin_failed = True
-            custom_ops.note_once(
-                "upfirdn2d-build", f"upfirdn2d: CUDA extension unavailable, using the slower PyTorch reference. {err}",
-                level=logging.WARNING,
-            )
+    global _plugin
+    if _plugin is None:
+        _plugin = custom_ops.get_plugin_or_none(
+            "upfirdn2d_plugin", sources=["upfirdn2d.cpp", "upfirdn2d.cu"], headers=["upfirdn2d.h"],
+            source_dir=os.path.dirname(os.path.abspath(__file__)))
     return _plugin
 
 
@@ -186,14 +176,8 @@ def upfirdn2d(
     if f.requires_grad:
         raise ValueError("upfirdn2d: gradients w.r.t. the filter are not supported; pass f.detach()")
     cfg = ((upx, upy), (downx, downy), (px0, px1, py0, py1), bool(flip_filter), float(gain))
-    if impl == "cuda":
-        if not x.is_cuda:
-            custom_ops.note_once(
-                "cpu-fallback", "torch_utils.ops: tensors are not on a CUDA device; using the PyTorch reference "
-                "implementations of bias_act/upfirdn2d."
-            )
-        elif _get_plugin() is not None:
-            return _UpFirDn2dCuda.apply(x, f, cfg)
+    if impl == "cuda" and custom_ops.cuda_kernel_usable(x, _get_plugin):
+        return _UpFirDn2dCuda.apply(x, f, cfg)
     return _UpFirDn2dRef.apply(x, f, cfg)
 
 
@@ -252,23 +236,28 @@ def _adjoint(cfg, f, in_shape, out_shape):
     return ((downx, downy), (upx, upy), pad, not flip_filter, gain)
 
 
-class _UpFirDn2dRef(torch.autograd.Function):
-    """Reference forward; backward re-enters this Function with the adjoint configuration."""
+def _upfirdn2d_function(forward_impl, name):
+    """An autograd Function around `forward_impl(x, f, cfg)`. upfirdn2d is linear in x, so its backward is the
+    same op in the adjoint configuration, re-entering the Function (which makes it differentiable twice)."""
 
-    @staticmethod
-    def forward(ctx, x, f, cfg):
-        y = _upfirdn2d_ref_forward(x, f, cfg)
-        ctx.save_for_backward(f)
-        ctx.cfg, ctx.in_shape, ctx.out_shape = cfg, x.shape, y.shape
-        return y
+    class UpFirDn2d(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, f, cfg):
+            y = forward_impl(x, f, cfg)
+            ctx.save_for_backward(f)
+            ctx.cfg, ctx.in_shape, ctx.out_shape = cfg, x.shape, y.shape
+            return y
 
-    @staticmethod
-    def backward(ctx, dy):
-        (f,) = ctx.saved_tensors
-        dx = None
-        if ctx.needs_input_grad[0]:
-            dx = _UpFirDn2dRef.apply(dy, f, _adjoint(ctx.cfg, f, ctx.in_shape, ctx.out_shape))
-        return dx, None, None
+        @staticmethod
+        def backward(ctx, dy):
+            (f,) = ctx.saved_tensors
+            dx = None
+            if ctx.needs_input_grad[0]:
+                dx = UpFirDn2d.apply(dy, f, _adjoint(ctx.cfg, f, ctx.in_shape, ctx.out_shape))
+            return dx, None, None
+
+    UpFirDn2d.__name__ = UpFirDn2d.__qualname__ = name
+    return UpFirDn2d
 
 
 def _upfirdn2d_ref_forward(x, f, cfg):
@@ -301,25 +290,6 @@ def _ref_pass(x, g, upx, upy, downx, downy, px0, px1, py0, py1):
     return x[:, :, ::downy, ::downx]
 
 
-class _UpFirDn2dCuda(torch.autograd.Function):
-    """Kernel forward; backward re-enters this Function with the adjoint configuration."""
-
-    @staticmethod
-    def forward(ctx, x, f, cfg):
-        y = _upfirdn2d_cuda_forward(x, f, cfg)
-        ctx.save_for_backward(f)
-        ctx.cfg, ctx.in_shape, ctx.out_shape = cfg, x.shape, y.shape
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        (f,) = ctx.saved_tensors
-        dx = None
-        if ctx.needs_input_grad[0]:
-            dx = _UpFirDn2dCuda.apply(dy, f, _adjoint(ctx.cfg, f, ctx.in_shape, ctx.out_shape))
-        return dx, None, None
-
-
 def _upfirdn2d_cuda_forward(x, f, cfg):
     (upx, upy), (downx, downy), (px0, px1, py0, py1), flip_filter, gain = cfg
     f = f.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
@@ -330,3 +300,8 @@ def _upfirdn2d_cuda_forward(x, f, cfg):
     # Separable: x pass (with the gain), then y pass.
     x = _plugin.upfirdn2d(x, (f * gain)[None, :].contiguous(), upx, 1, downx, 1, px0, px1, 0, 0)
     return _plugin.upfirdn2d(x, f[:, None].contiguous(), 1, upy, 1, downy, 0, 0, py0, py1)
+
+
+# Side by side: the same Function over the PyTorch reference and over our CUDA kernel.
+_UpFirDn2dRef = _upfirdn2d_function(_upfirdn2d_ref_forward, "_UpFirDn2dRef")
+_UpFirDn2dCuda = _upfirdn2d_function(_upfirdn2d_cuda_forward, "_UpFirDn2dCuda")
