@@ -25,10 +25,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from metrics import detectors  # noqa: E402
 
-VARIANTS = {
-    "fp32": dict(),
+VARIANTS = {  # Explicit memory format: a detector's default may be channels_last (Inception's is).
+    "fp32": dict(channels_last=False),
     "channels_last": dict(channels_last=True),
-    "bf16": dict(precision="bf16"),
+    "bf16": dict(channels_last=False, precision="bf16"),
     "channels_last+bf16": dict(channels_last=True, precision="bf16"),
 }
 

@@ -57,7 +57,10 @@ def ts_net():
 
 
 @needs_weights
-def test_inception_features_match_torchscript_reference_on_photos(inception_detector, ts_net):
+@pytest.mark.parametrize("channels_last", [True, False])  # True is the default.
+def test_inception_features_match_torchscript_reference_on_photos(channels_last, ts_net):
+    inception_detector = detectors.get_detector("inception", path=FID_HELPER_PT, channels_last=channels_last)
+    assert inception_detector.channels_last == channels_last
     for name, img in photos().items():
         x = to_nchw(img)
         with torch.no_grad():
