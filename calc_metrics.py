@@ -147,25 +147,16 @@ def main(metrics, network, data, data2, gpus, batch, device, run_dir, cache_dir,
     if gpus > 1 and (device == "cpu" or not torch.cuda.is_available() or torch.cuda.device_count() < gpus):
         raise click.BadParameter(f"{gpus} GPUs requested, {torch.cuda.device_count()} available", param_hint="--gpus")
 
-    kimg = None
-    if network is not None:
-        from training import snapshot
-        try:
-            network = snapshot.resolve_network_path(network)  # a best-*.json pointer -> its snapshot
-        except snapshot.SnapshotError as e:
-            raise click.BadParameter(str(e), param_hint="--network")
+    config, kimg = {}, None
     try:
-        if network is not None and data is not None:
+        if network is not None:
+            from training import snapshot
             try:
-                kimg = _snapshot_info(network)[1]
-            except Exception:  # pylint: disable=broad-except  (a bad file is reported when G is loaded)
-                kimg = None
-            dataset_kwargs = dict(path=data)
-        elif network is not None:
-            config, kimg = _snapshot_info(network)
-            dataset_kwargs = _dataset_from_config(network, config)
-        else:
-            dataset_kwargs = dict(path=data)
+                network = snapshot.resolve_network_path(network)  # a best-*.json pointer -> its snapshot
+            except snapshot.SnapshotError as e:
+                raise click.BadParameter(str(e), param_hint="--network")
+            config, kimg = _snapshot_info(network)  # A broken file is reported here, before any work.
+        dataset_kwargs = dict(path=data) if data is not None else _dataset_from_config(network, config)
     except click.ClickException:
         raise
     except Exception as e:

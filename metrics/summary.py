@@ -27,6 +27,7 @@ import PIL.ImageDraw
 import PIL.ImageFont
 
 from torch_utils import util
+from training.snapshot import parse_snapshot_name
 
 PANEL_W, PANEL_H = 480, 300
 _MARGIN_L, _MARGIN_R, _MARGIN_T, _MARGIN_B = 64, 16, 28, 36
@@ -61,8 +62,6 @@ def _line_kimg(line: dict) -> Optional[float]:
         return float(kimg)
     snap = line.get("snapshot_pkl")
     if isinstance(snap, str):  # older lines: the snapshot name tells the kimg (exactly for fine names)
-        from training.snapshot import parse_snapshot_name
-
         info = parse_snapshot_name(snap)
         if info is not None:
             return info[1] / 1000 if info[1] is not None else float(info[0])
@@ -219,7 +218,7 @@ def plot_metrics(points: Dict[str, List[dict]], path: str, best: Optional[Dict[s
     """
     series = {}
     for name, pts in sorted(points.items()):
-        pts = [p for p in pts if p["kimg"] is not None and math.isfinite(p["value"])]
+        pts = [p for p in pts if p["kimg"] is not None]  # Values are finite already (read_metric_points).
         if pts:
             series[name] = pts
     if not series:

@@ -14,6 +14,7 @@ Pretrained weights are resolved, in order, by `load_pretrained_state_dict`:
 and otherwise fail with a message that names all three.
 """
 
+import copy
 import importlib.util
 import logging
 import os
@@ -212,7 +213,6 @@ def fold_batchnorm(net):
 
 def _fold_batchnorm_checked(net, feat_res, tol=1e-4):
     """`fold_batchnorm` on a copy of `net`, kept only if it computes the same features (else `net` unchanged)."""
-    import copy
     folded_net = copy.deepcopy(net)
     if fold_batchnorm(folded_net) == 0:
         return net

@@ -372,6 +372,12 @@ def test_cli_network_snapshot(toy, cli, tmp_path):
     res = cli("--metrics=fid6_full", f"--network={snap}", f"--data={write_folder(tmp_path / 'd16', 6, 9, 40)}",
               f"--cache-dir={tmp_path}")
     assert res.exit_code == 1 and "resolution mismatch" in res.output
+    # A file that is not a snapshot: a clear error naming it before any work, also when --data is given.
+    bad = run_dir / "network-snapshot-000005.pt"
+    bad.write_bytes(b"not a zip")
+    res = cli("--metrics=fid6_full", f"--network={bad}", f"--data={tmp_path / 'data32'}", f"--cache-dir={tmp_path}")
+    assert res.exit_code == 1 and str(bad) in res.output and "Traceback" not in res.output
+    assert len((run_dir / "metric-fid6_full.jsonl").read_text().splitlines()) == 1
 
 
 def test_cli_best_pointer_and_kimg_from_the_snapshot(toy, cli, tmp_path):

@@ -213,10 +213,13 @@ def test_final_snapshot_in_the_same_kimg_keeps_the_previous_one(tmp_path, data_d
     # Ticks of 1 kimg: tick 0 ends after the first step (4 images), the run ends at 8 images, in the same kimg.
     run = tmp_path / "run"
     c = baseline_config(run, data_dir, G_reg_interval=None, D_reg_interval=None, total_kimg=0.008,
-                        kimg_per_tick=1, network_snapshot_ticks=1, metrics=["fid50k_full"])
+                        kimg_per_tick=1, network_snapshot_ticks=1, image_snapshot_ticks=1, metrics=["fid50k_full"])
     assert tl.training_loop(**c)["cur_nimg"] == 8
     found = sorted(os.path.basename(p) for p in glob.glob(str(run / "network-snapshot-*.pt")))
     assert found == ["network-snapshot-000000.008.pt", "network-snapshot-000000.pt"]
+    # The fakes grids follow the same rule: the final grid does not overwrite the tick-0 one.
+    assert sorted(os.path.basename(p) for p in glob.glob(str(run / "fakes0*.png"))) == \
+        ["fakes000000.008.png", "fakes000000.png"]
     assert snapshot.load_snapshot(str(run / found[1]), mmap=True)["progress"]["cur_nimg"] == 4
     assert snapshot.find_latest(str(run)) == str(run / found[0])
     logged = capsys.readouterr().out

@@ -44,17 +44,20 @@ class SnapshotError(RuntimeError):
     """A file is missing, unreadable, or not a snapshot of this toolkit."""
 
 
-def snapshot_name(cur_nimg: int, fine: bool = False) -> str:
-    """File name of the snapshot taken after `cur_nimg` images.
+def kimg_label(cur_nimg: int, fine: bool = False) -> str:
+    """`{kimg:06d}` (kimg = cur_nimg // 1000), or with `fine=True` the exact count: 1504 -> '000001.504'.
 
-    Normally `network-snapshot-{kimg:06d}.pt` (kimg = cur_nimg // 1000). With `fine=True` (the training loop
-    asks for it when snapshots are less than 1 kimg apart, where integer kimg names would collide) the name
-    carries the exact image count as kimg with 3 decimals: 1504 images -> `network-snapshot-000001.504.pt`.
+    The training loop asks for fine labels when its outputs (snapshots, image grids) are less than 1 kimg
+    apart, where integer kimg labels would collide.
     """
     cur_nimg = int(cur_nimg)
-    if fine:
-        return f"network-snapshot-{cur_nimg // 1000:06d}.{cur_nimg % 1000:03d}.pt"
-    return f"network-snapshot-{cur_nimg // 1000:06d}.pt"
+    return f"{cur_nimg // 1000:06d}.{cur_nimg % 1000:03d}" if fine else f"{cur_nimg // 1000:06d}"
+
+
+def snapshot_name(cur_nimg: int, fine: bool = False) -> str:
+    """File name of the snapshot taken after `cur_nimg` images: `network-snapshot-{kimg_label}.pt`, e.g.
+    `network-snapshot-000001.pt`, or `network-snapshot-000001.504.pt` with `fine=True`."""
+    return f"network-snapshot-{kimg_label(cur_nimg, fine)}.pt"
 
 
 def parse_snapshot_name(name: str) -> Optional[tuple]:

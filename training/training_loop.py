@@ -477,9 +477,14 @@ def training_loop(
     maintenance_time = tick_start_time - start_time
     stats_collector = training_stats.Collector(regex=".*")
     last_snapshot = None
-    last_snapshot_nimg = None
-    # Integer-kimg snapshot names collide when snapshots are less than 1 kimg apart: use exact names then.
-    fine_snapshot_names = network_snapshot_ticks is not None and network_snapshot_ticks * kimg_per_tick < 1
+    last_nimg = dict(grid=None, snapshot=None)  # Images seen at the last fakes grid / network snapshot.
+
+    def fine_name(kind, every_ticks, nimg):
+        """Whether this grid/snapshot file needs an exact image count in its name: integer kimg names would
+        collide (outputs scheduled < 1 kimg apart, or the final one landing in the previous one's kimg)."""
+        prev, last_nimg[kind] = last_nimg[kind], nimg
+        return every_ticks * kimg_per_tick < 1 or (prev is not None and prev != nimg and prev // 1000 == nimg // 1000)
+
     sec_per_kimg = float("nan")
     peak_gpu_mem = 0
     done = cur_nimg >= total_nimg
@@ -589,10 +594,8 @@ def training_loop(
         # Fakes grid.
         if rank == 0 and image_snapshot_ticks is not None and (done or cur_tick % image_snapshot_ticks == 0):
             fakes = generate_grid(G_ema, grid_z, grid_c, batch_gpu)
-            # Same naming rule as the snapshots: exact image counts when grids are less than 1 kimg apart.
-            name = snapshot_lib.snapshot_name(cur_nimg, fine=image_snapshot_ticks * kimg_per_tick < 1)
-            name = "fakes" + name[len("network-snapshot-"):-len(".pt")] + ".png"
-            save_image_grid(fakes, os.path.join(run_dir, name), grid_size=grid_size)
+            label = snapshot_lib.kimg_label(cur_nimg, fine_name("grid", image_snapshot_ticks, cur_nimg))
+            save_image_grid(fakes, os.path.join(run_dir, f"fakes{label}.png"), grid_size=grid_size)
 
         # Network snapshot (+ metrics).
         snapshot_path = None
@@ -603,18 +606,15 @@ def training_loop(
                     f"non-finite weights after step {batch_idx - 1} (kimg {cur_nimg / 1000:.3f}); "
                     f"not writing a snapshot (last good one: {last_snapshot or resume})")
             if rank == 0:
-                # The final snapshot may land in the same kimg as the previous one: keep both then too.
-                fine = fine_snapshot_names or (
-                    last_snapshot_nimg is not None and last_snapshot_nimg // 1000 == cur_nimg // 1000
-                    and last_snapshot_nimg != cur_nimg)
-                snapshot_path = os.path.join(run_dir, snapshot_lib.snapshot_name(cur_nimg, fine=fine))
+                fine = fine_name("snapshot", network_snapshot_ticks, cur_nimg)
+                snapshot_path = os.path.join(run_dir, snapshot_lib.snapshot_name(cur_nimg, fine))
                 snapshot_lib.save_snapshot(
                     snapshot_path,
                     networks=networks, G=G, G_ema=G_ema, D=D, G_opt=optimizers["G"], D_opt=optimizers["D"],
                     progress=dict(cur_nimg=cur_nimg, cur_tick=cur_tick, batch_idx=batch_idx),
                     rng=rng_state, loss=loss, config=options,
                 )
-                last_snapshot, last_snapshot_nimg = snapshot_path, cur_nimg
+                last_snapshot = snapshot_path
             if metrics:
                 from metrics import metric_main
 
