@@ -38,9 +38,14 @@ import PIL.Image
 import PIL.ImageColor
 import PIL.ImageOps
 
-# The label format is defined once, by the loader, so the tool and the loader cannot disagree.
-from training.dataset import (IMAGE_EXTENSIONS, LABELS_FILENAME, DatasetError, is_image_file,
-                              parse_labels_json)
+from torch_utils.image_io import IMAGE_EXTENSIONS, is_image_file
+from training import cli_common
+
+# The label format and the folder walk are defined once, by the loader, so the tool and the loader cannot disagree.
+from training.dataset import LABELS_FILENAME, DatasetError, list_folder_files, parse_labels_json
+
+# Largest --resolution side: far above any GAN resolution, small enough that one image still fits in memory.
+MAX_RESOLUTION = 16384
 
 
 class DatasetToolError(Exception):
@@ -150,13 +155,8 @@ def _ignored_note(others: List[str], where: str) -> List[str]:
 
 
 def open_image_folder(path: str) -> _Source:
-    fnames = []
-    for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
-        for f in filenames:
-            if not f.startswith('.'):
-                fnames.append(os.path.relpath(os.path.join(dirpath, f), path).replace(os.sep, '/'))
-    fnames.sort()
+    warnings = []
+    fnames = list_folder_files(path, warn=lambda message: warnings.append(f'warning: {message}'))
     images = [f for f in fnames if is_image_file(f)]
     others = [f for f in fnames if not is_image_file(f) and f != LABELS_FILENAME]
     labels = None
@@ -168,9 +168,9 @@ def open_image_folder(path: str) -> _Source:
         except OSError as e:
             raise DatasetToolError(f'{where}: cannot read ({e})') from None
     label_list = _labels_for(images, labels, os.path.join(path, LABELS_FILENAME))
-    items = [_FileItem(os.path.join(path, f), (lambda p=os.path.join(path, f): open(p, 'rb')), label)
+    items = [_FileItem(os.path.join(path, f), (lambda p=os.path.join(path, f): open(p, 'rb')), label)  # noqa: SIM115
              for f, label in zip(images, label_list)]
-    return _Source('image folder', items, labels is not None, _ignored_note(others, path))
+    return _Source('image folder', items, labels is not None, warnings + _ignored_note(others, path))
 
 
 def open_image_zip(path: str) -> _Source:
@@ -180,6 +180,11 @@ def open_image_zip(path: str) -> _Source:
     except _READ_ERRORS as e:
         raise DatasetToolError(f'{path}: cannot read zip archive ({e})') from None
     try:
+        # Member names that climb out of the archive ('../x.png') or are absolute ('/x.png', 'C:/x.png') are not
+        # part of an image collection: an extractor would write them outside its target folder.
+        unsafe = [f for f in fnames if _unsafe_member(f)]
+        fnames = [f for f in fnames if not _unsafe_member(f)]
+        warnings = [f'warning: {path}: skipped member "{f}" (absolute path or ".." component)' for f in unsafe]
         visible = [f for f in fnames if not any(part.startswith('.') or part == '__MACOSX' for part in f.split('/'))]
         images = [f for f in visible if is_image_file(f)]
         others = [f for f in visible if not is_image_file(f) and f != LABELS_FILENAME]
@@ -197,7 +202,13 @@ def open_image_zip(path: str) -> _Source:
         raise
     items = [_FileItem(f'{path}:{f}', (lambda f=f: io.BytesIO(archive.read(f))), label)
              for f, label in zip(images, label_list)]
-    return _Source('zip of images', items, labels is not None, _ignored_note(others, path), close=archive.close)
+    return _Source('zip of images', items, labels is not None, warnings + _ignored_note(others, path),
+                   close=archive.close)
+
+
+def _unsafe_member(name: str) -> bool:
+    parts = name.replace('\\', '/').split('/')
+    return name.startswith(('/', '\\')) or re.match(r'[A-Za-z]:', name) is not None or '..' in parts
 
 
 _MNIST_SPLITS = [('train', 'train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
@@ -294,13 +305,14 @@ def open_cifar10(path: str, include_test: bool) -> _Source:
                         and data.shape[1] == 3 * 32 * 32):
                     raise DatasetToolError(f'{where}: expected b"data" to be a uint8 array [N, 3072]')
                 if not (isinstance(labels, list) and len(labels) == len(data)
-                        and all(isinstance(v, int) and 0 <= v for v in labels)):
+                        and all(isinstance(v, int) and v >= 0 for v in labels)):
                     raise DatasetToolError(f'{where}: expected b"labels" to be a list of {len(data)} class indices')
                 images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # stored planar: RRR..GGG..BBB
                 items += [_ArrayItem(f'{where}[{i}]', np.ascontiguousarray(images[i]), labels[i])
                           for i in range(len(images))]
-    except tarfile.TarError as e:
-        raise DatasetToolError(f'{path}: cannot read tar archive ({e})') from None
+    except (tarfile.TarError, *_READ_ERRORS) as e:
+        # A truncated .tar.gz fails inside gzip/zlib (EOFError, BadGzipFile) rather than in tarfile.
+        raise DatasetToolError(f'{path}: cannot read tar archive, truncated or damaged? ({_explain(e)})') from None
     return _Source('CIFAR-10 python tarball', items, True)
 
 
@@ -422,12 +434,14 @@ class _Writer:
             for d in reversed(self._created_dirs):
                 os.mkdir(d)
             base = os.path.basename(os.path.normpath(dest))
+            # The writer's PID in the name lets a later run tell a killed writer's leftovers from a live one's.
+            prefix = f'.{base}.{os.getpid()}.'
             if self.is_zip:
-                fd, self.tmp = tempfile.mkstemp(prefix=f'.{base}.', suffix='.partial', dir=parent)
+                fd, self.tmp = tempfile.mkstemp(prefix=prefix, suffix='.partial', dir=parent)
                 os.close(fd)
                 self._zip = zipfile.ZipFile(self.tmp, 'w', compression=zipfile.ZIP_STORED)
             else:
-                self.tmp = tempfile.mkdtemp(prefix=f'.{base}.', suffix='.partial', dir=parent)
+                self.tmp = tempfile.mkdtemp(prefix=prefix, suffix='.partial', dir=parent)
         except OSError as e:
             self._remove_created_dirs()
             raise DatasetToolError(f'--dest {dest}: cannot create output ({e})') from None
@@ -478,6 +492,43 @@ class _Writer:
                 os.rmdir(d)
             except OSError:
                 break
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists but is someone else's, or cannot tell: leave its output alone
+    return True
+
+
+def remove_stale_partials(dest: str) -> List[str]:
+    """Delete the hidden `.NAME.PID.*.partial` outputs for `dest` whose writer process is gone (killed with
+    SIGKILL, or the machine crashed). Returns the removed paths; outputs of live writers are kept."""
+    parent = os.path.dirname(os.path.abspath(dest))
+    base = os.path.basename(os.path.normpath(dest))
+    pattern = re.compile(re.escape(f'.{base}.') + r'(\d+)\.[A-Za-z0-9_]+\.partial')
+    removed = []
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return removed
+    for name in sorted(names):
+        m = pattern.fullmatch(name)
+        if not m or _pid_alive(int(m.group(1))):
+            continue
+        path = os.path.join(parent, name)
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+            removed.append(path)
+        except OSError:
+            pass
+    return removed
 
 
 class _Progress:
@@ -533,6 +584,8 @@ def convert_dataset(source: str, dest: str, resolution: Optional[Tuple[int, int]
         raise DatasetToolError(f'--transform={transform} needs --resolution')
     if resolution is not None and resolution[0] != resolution[1]:
         raise DatasetToolError(f'--resolution {resolution[0]}x{resolution[1]}: training needs square images')
+    if resolution is not None and not 1 <= resolution[0] <= MAX_RESOLUTION:
+        raise DatasetToolError(f'--resolution {resolution[0]}x{resolution[1]}: must be 1..{MAX_RESOLUTION}')
     if on_error not in ('abort', 'skip'):
         raise DatasetToolError(f'--on-error {on_error!r}: expected abort or skip')
     if grayscale not in ('keep', 'rgb'):
@@ -543,6 +596,8 @@ def convert_dataset(source: str, dest: str, resolution: Optional[Tuple[int, int]
     if os.path.lexists(dest):
         raise DatasetToolError(f'--dest {dest}: already exists; refusing to overwrite it '
                                f'(remove it or choose another name)')
+    for path in remove_stale_partials(dest):
+        log.write(f'note: removed {path}, the half-written output of an earlier run that was killed\n')
 
     src = open_source(source, include_test)
     try:
@@ -595,7 +650,7 @@ def convert_dataset(source: str, dest: str, resolution: Optional[Tuple[int, int]
                 raise DatasetToolError(f'{first[0].name}: images are {resolution[0]}x{resolution[1]}, but training '
                                        f'needs square images; pass --resolution=NxN --transform=center-crop')
         channels = 1 if (grayscale == 'keep' and num_gray == len(usable)) else 3
-        if channels == 3 and 0 < num_gray and grayscale == 'keep':
+        if channels == 3 and num_gray > 0 and grayscale == 'keep':
             log.write(f'note: {num_gray} grayscale image{"s" if num_gray > 1 else ""} converted to RGB to match '
                       f'the colour ones\n')
 
@@ -650,16 +705,21 @@ def _parse_resolution(ctx, param, value):
     m = re.fullmatch(r'\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?', value)
     if not m:
         raise click.BadParameter(f'{value!r}: expected WxH, e.g. 64x64')
-    width = int(m.group(1))
-    height = int(m.group(2)) if m.group(2) else width
+    sides = [m.group(1), m.group(2) or m.group(1)]
+    if any(len(side.lstrip('0')) > len(str(MAX_RESOLUTION)) for side in sides):  # before int(): no 4300-digit ints
+        raise click.BadParameter(f'{value!r}: at most {MAX_RESOLUTION}x{MAX_RESOLUTION}')
+    width, height = int(sides[0]), int(sides[1])
     if width < 1 or height < 1:
         raise click.BadParameter(f'{value!r}: width and height must be positive')
+    if width > MAX_RESOLUTION or height > MAX_RESOLUTION:
+        raise click.BadParameter(f'{value!r}: at most {MAX_RESOLUTION}x{MAX_RESOLUTION}')
     return width, height
 
 
 @click.command(context_settings=dict(help_option_names=['-h', '--help']))
 @click.option('--source', required=True, metavar='PATH',
-              help='Image folder (recursive), zip of images, folder with MNIST idx .gz files, or cifar-10-python.tar.gz.')
+              help='Image folder (recursive), zip of images, folder with MNIST idx .gz files, or '
+                   'cifar-10-python.tar.gz.')
 @click.option('--dest', required=True, metavar='PATH', help='Output .zip or folder (must not exist).')
 @click.option('--resolution', callback=_parse_resolution, metavar='WxH',
               help='Output resolution, e.g. 64x64 (default: keep; all images must then be the same square size).')
@@ -687,6 +747,7 @@ def main(source, dest, resolution, transform, resize_filter, max_images, subset_
       python dataset_tool.py --source=fashion-mnist/ --dest=data/fmnist.zip --resolution=32x32
       python dataset_tool.py --source=cifar-10-python.tar.gz --dest=data/cifar10.zip
     """
+    cli_common.setup_logging()
     t0 = time.time()
     try:
         summary = convert_dataset(source, dest, resolution=resolution, transform=transform,

@@ -12,78 +12,74 @@ Examples:
     python gen_images.py --network=snap.pt --seeds=0-15 --trunc=0.7 --class=3 --grid=4x4 --outdir=out
 
 Each seed gives the same image on every run and machine (latents are drawn on the CPU from
-numpy's RandomState(seed), as in StyleGAN).
+numpy's RandomState(seed), as in StyleGAN). Every PNG is written to a temporary name and renamed,
+so a full disk or a crash never leaves a truncated image; images written before it stay intact.
 """
 
 import os
-import re
 
 import click
 import numpy as np
-import PIL.Image
 import torch
 
-from torch_utils import util
+from torch_utils import image_io
+from training import cli_common, generation
 
 
-def parse_grid(value):
-    if value is None:
-        return None
-    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", value)
-    if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
-        raise click.BadParameter(f"'{value}' is not COLSxROWS, e.g. 4x4", param_hint="'--grid'")
-    return int(m.group(1)), int(m.group(2))
+def _bad(option: str, message: str):
+    raise click.BadParameter(message, param_hint=f"'{option}'")
 
 
-def seed_latent(seed: int, z_dim: int) -> torch.Tensor:
-    """z [1, z_dim] for a seed; identical on every platform."""
-    return torch.from_numpy(np.random.RandomState(seed).randn(1, z_dim)).to(torch.float32)
+def resolve_device(device: str) -> torch.device:
+    if device == "cuda" and not torch.cuda.is_available():
+        _bad("--device", "CUDA is not available")
+    return torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
 
 
-def make_label(G, class_idx, option="--class"):
-    """One-hot label [1, c_dim] (or [1, 0] for unconditional models); clear errors for misuse."""
-    if G.c_dim == 0:
-        if class_idx is not None:
-            raise click.BadParameter("the network is unconditional (c_dim=0); omit --class", param_hint=f"'{option}'")
-        return torch.zeros([1, 0])
-    if class_idx is None:
-        raise click.BadParameter(f"the network is conditional with {G.c_dim} classes; pass --class=0..{G.c_dim - 1}",
-                                 param_hint=f"'{option}'")
-    if not 0 <= class_idx < G.c_dim:
-        raise click.BadParameter(f"{class_idx} is out of range 0..{G.c_dim - 1}", param_hint=f"'{option}'")
-    c = torch.zeros([1, G.c_dim])
-    c[0, class_idx] = 1
-    return c
-
-
-def to_uint8(img: torch.Tensor) -> np.ndarray:
-    """[N, C, H, W] in [-1, 1] -> uint8 [N, H, W, C]."""
-    return (img.permute(0, 2, 3, 1) * 127.5 + 128).clamp(0, 255).to(torch.uint8).cpu().numpy()
-
-
-def save_png(array: np.ndarray, path: str) -> None:
-    """uint8 [H, W, C] with C in (1, 3) -> PNG."""
-    if array.shape[2] == 1:
-        PIL.Image.fromarray(array[:, :, 0], "L").save(path)
-    else:
-        PIL.Image.fromarray(array, "RGB").save(path)
-
-
-def load_network(path: str, device: torch.device, which: str = "G_ema"):
+def load_generator(network_path: str, device: torch.device, which: str = "G_ema", extra_classes=()):
+    """generation.load_network with its errors as a one-line '--network' error."""
     from training import snapshot
 
     try:
-        return snapshot.load_generator(path, which=which, device=device)
+        return generation.load_network(network_path, device, which, extra_classes=extra_classes)
     except snapshot.SnapshotError as err:
-        raise click.BadParameter(str(err), param_hint="'--network'")
+        _bad("--network", str(err))
+
+
+def label_or_fail(G, class_idx):
+    try:
+        return generation.make_label(G, class_idx)
+    except ValueError as err:
+        _bad("--class", str(err))
+
+
+def parse_seeds_or_fail(text: str):
+    try:
+        return generation.parse_seeds(text)
+    except ValueError as err:
+        _bad("--seeds", str(err))
+
+
+def parse_grid_or_fail(text):
+    try:
+        return image_io.parse_grid(text)
+    except ValueError as err:
+        _bad("--grid", str(err))
+
+
+allow_class_option = click.option(
+    "--allow-class", "allow_classes", metavar="MODULE.CLASS", multiple=True,
+    help="Let the snapshot build this network class too (repeatable). Snapshots only build the toolkit's "
+         "own classes unless named here; name only code you trust.")
 
 
 @click.command(context_settings=dict(help_option_names=["-h", "--help"]))
 @click.option("--network", "network_path", metavar="PATH", required=True,
               help="Snapshot file (network-snapshot-*.pt) or a run dir's best-<result>.json pointer")
-@click.option("--seeds", help="Seeds, e.g. 0-15 or 1,5,9", metavar="LIST", required=True)
+@click.option("--seeds", help="Seeds, e.g. 0-15 or 1,5,9 (each 0..2**32-1)", metavar="LIST", required=True)
 @click.option("--outdir", help="Where to save the images", metavar="DIR", required=True)
-@click.option("--trunc", "truncation_psi", help="Truncation psi (1 = none)", type=float, default=1, show_default=True)
+@click.option("--trunc", "truncation_psi", help="Truncation psi (1 = none)", type=cli_common.FiniteFloat(), default=1,
+              show_default=True)
 @click.option("--class", "class_idx", help="Class index (conditional networks)", type=click.IntRange(min=0))
 @click.option("--noise-mode", help="Noise inputs", type=click.Choice(["const", "random", "none"]), default="const",
               show_default=True)
@@ -91,38 +87,44 @@ def load_network(path: str, device: torch.device, which: str = "G_ema"):
 @click.option("--which", help="Weights to use", type=click.Choice(["G_ema", "G"]), default="G_ema", show_default=True)
 @click.option("--device", help="Where to run", type=click.Choice(["auto", "cuda", "cpu"]), default="auto",
               show_default=True)
-def main(network_path, seeds, outdir, truncation_psi, class_idx, noise_mode, grid, which, device):
+@allow_class_option
+def main(network_path, seeds, outdir, truncation_psi, class_idx, noise_mode, grid, which, device, allow_classes):
     """Generate images from a snapshot: one PNG per seed (seedNNNN.png) and optionally a grid."""
-    try:
-        seeds = util.parse_range(seeds)
-    except ValueError as err:
-        raise click.BadParameter(str(err), param_hint="'--seeds'")
-    grid_size = parse_grid(grid)
+    cli_common.setup_logging()
+    seeds = parse_seeds_or_fail(seeds)
+    grid_size = parse_grid_or_fail(grid)
     if grid_size is not None and grid_size[0] * grid_size[1] < len(seeds):
-        raise click.BadParameter(f"{grid} has {grid_size[0] * grid_size[1]} cells for {len(seeds)} seeds",
-                                 param_hint="'--grid'")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise click.BadParameter("CUDA is not available", param_hint="'--device'")
-    device = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
-    G = load_network(network_path, device, which)
-    c = make_label(G, class_idx).to(device)
+        _bad("--grid", f"{grid} has {grid_size[0] * grid_size[1]} cells for {len(seeds)} seeds")
+    problem = cli_common.output_dir_problem(outdir)
+    if problem:
+        _bad("--outdir", problem)
+    device = resolve_device(device)
+    G = load_generator(network_path, device, which, allow_classes)
+    c = label_or_fail(G, class_idx).to(device)
 
-    os.makedirs(outdir, exist_ok=True)
     images = []
-    with torch.no_grad():
-        for seed in seeds:
-            z = seed_latent(seed, G.z_dim).to(device)
-            img = G(z, c, truncation_psi=truncation_psi, noise_mode=noise_mode)
-            array = to_uint8(img)[0]
-            images.append(array)
-            save_png(array, os.path.join(outdir, f"seed{seed:04d}.png"))
-    print(f"Wrote {len(seeds)} images to {outdir}")
-    if grid_size is not None:
-        from training.training_loop import save_image_grid
-
-        batch = np.stack(images).transpose(0, 3, 1, 2)
-        save_image_grid(batch, os.path.join(outdir, "grid.png"), drange=(0, 255), grid_size=list(grid_size))
-        print(f"Wrote {os.path.join(outdir, 'grid.png')}")
+    path = outdir
+    created = not os.path.isdir(outdir)
+    try:
+        os.makedirs(outdir, exist_ok=True)
+        with torch.no_grad():
+            for seed in seeds:
+                z = generation.seed_latent(seed, G.z_dim).to(device)
+                img = G(z, c, truncation_psi=truncation_psi, noise_mode=noise_mode)
+                array = generation.to_uint8_hwc(img)[0]
+                images.append(array)
+                path = os.path.join(outdir, f"seed{seed:04d}.png")
+                image_io.save_png(array, path)
+        print(f"Wrote {len(seeds)} images to {outdir}")
+        if grid_size is not None:
+            path = os.path.join(outdir, "grid.png")
+            batch = np.stack(images).transpose(0, 3, 1, 2)
+            image_io.save_image_grid(batch, path, drange=(0, 255), grid_size=list(grid_size))
+            print(f"Wrote {path}")
+    except OSError as err:
+        if created:
+            cli_common.remove_if_empty(outdir)
+        raise click.ClickException(cli_common.write_error(err, path)) from None
 
 
 if __name__ == "__main__":

@@ -8,18 +8,20 @@ its own tour: the seeds are split into C*R equal groups.
     python gen_video.py --network=snap.pt --seeds=0-31 --grid=2x2 --kind=linear --output=grid.gif
 
 MP4 needs an ffmpeg encoder (the `imageio-ffmpeg` package: pip install imageio-ffmpeg); without
-one, write a GIF (Pillow), which is also the default then.
+one, write a GIF (Pillow), which is also the default then. The video is written to a temporary
+name next to --output and renamed when complete, so a full disk never leaves a truncated file.
 """
 
 import os
+import tempfile
 
 import click
 import numpy as np
 import PIL.Image
 import torch
 
-from gen_images import load_network, make_label, parse_grid, seed_latent, to_uint8
-from torch_utils import util
+from torch_utils import image_io, util
+from training import cli_common, generation
 
 
 def mp4_available() -> bool:
@@ -60,18 +62,33 @@ def tile(frames: np.ndarray, grid_w: int, grid_h: int) -> np.ndarray:
 
 
 def write_video(frames, path: str, fps: int) -> None:
-    """frames: list of uint8 [H, W, C]; .mp4 via imageio-ffmpeg, .gif via Pillow."""
+    """frames: list of uint8 [H, W, C]; .mp4 via imageio-ffmpeg, .gif via Pillow. Atomic: `path` appears only
+    when the whole video is written (an OSError such as a full disk leaves no file behind)."""
     ext = os.path.splitext(path)[1].lower()
     if ext == ".gif":
         mode = "L" if frames[0].shape[2] == 1 else "RGB"
         images = [PIL.Image.fromarray(f[:, :, 0] if mode == "L" else f, mode) for f in frames]
-        images[0].save(path, save_all=True, append_images=images[1:], duration=max(int(round(1000 / fps)), 1), loop=0)
+        duration = max(int(round(1000 / fps)), 1)
+        util.atomic_write(path, lambda f: images[0].save(f, format="GIF", save_all=True, append_images=images[1:],
+                                                         duration=duration, loop=0))
     elif ext == ".mp4":
         import imageio
 
-        with imageio.get_writer(path, mode="I", fps=fps, codec="libx264", bitrate="16M") as writer:
-            for f in frames:
-                writer.append_data(np.repeat(f, 3, axis=2) if f.shape[2] == 1 else f)
+        # ffmpeg needs a file name with the right extension, not a file object.
+        directory = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp.mp4", dir=directory)
+        os.close(fd)
+        try:
+            with imageio.get_writer(tmp, mode="I", fps=fps, codec="libx264", bitrate="16M") as writer:
+                for f in frames:
+                    writer.append_data(np.repeat(f, 3, axis=2) if f.shape[2] == 1 else f)
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
     else:
         raise ValueError(f"unsupported video format '{ext}'")
 
@@ -89,21 +106,30 @@ def write_video(frames, path: str, fps: int) -> None:
 @click.option("--kind", help="Interpolation", type=click.Choice(["cubic", "linear"]), default="cubic",
               show_default=True)
 @click.option("--grid", help="Tile several tours: COLSxROWS", metavar="COLSxROWS", default="1x1", show_default=True)
-@click.option("--trunc", "truncation_psi", help="Truncation psi (1 = none)", type=float, default=1, show_default=True)
+@click.option("--trunc", "truncation_psi", help="Truncation psi (1 = none)", type=cli_common.FiniteFloat(), default=1,
+              show_default=True)
 @click.option("--class", "class_idx", help="Class index (conditional networks)", type=click.IntRange(min=0))
 @click.option("--device", help="Where to run", type=click.Choice(["auto", "cuda", "cpu"]), default="auto",
               show_default=True)
-def main(network_path, seeds, output, frames_per_key, fps, kind, grid, truncation_psi, class_idx, device):
+@click.option("--allow-class", "allow_classes", metavar="MODULE.CLASS", multiple=True,
+              help="Let the snapshot build this network class too (repeatable). Snapshots only build the toolkit's "
+                   "own classes unless named here; name only code you trust.")
+def main(network_path, seeds, output, frames_per_key, fps, kind, grid, truncation_psi, class_idx, device,
+         allow_classes):
     """Render a looping latent interpolation video from a snapshot."""
+    cli_common.setup_logging()
     try:
-        seeds = util.parse_range(seeds)
+        seeds = generation.parse_seeds(seeds)
     except ValueError as err:
-        raise click.BadParameter(str(err), param_hint="'--seeds'")
-    grid_w, grid_h = parse_grid(grid)
+        raise click.BadParameter(str(err), param_hint="'--seeds'") from None
+    try:
+        grid_w, grid_h = image_io.parse_grid(grid)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="'--grid'") from None
     cells = grid_w * grid_h
     if len(seeds) % cells != 0 or len(seeds) < cells:
         raise click.BadParameter(f"{len(seeds)} seeds cannot be split evenly over {cells} grid cells",
-                                 param_hint="'--seeds'")
+                                 param_hint="'--seeds'") from None
     if output is None:
         output = "lerp.mp4" if mp4_available() else "lerp.gif"
     ext = os.path.splitext(output)[1].lower()
@@ -112,15 +138,29 @@ def main(network_path, seeds, output, frames_per_key, fps, kind, grid, truncatio
     if ext == ".mp4" and not mp4_available():
         raise click.BadParameter("writing MP4 needs an ffmpeg encoder: pip install imageio-ffmpeg (or use a .gif "
                                  "file name)", param_hint="'--output'")
+    if os.path.isdir(output):
+        raise click.BadParameter(f"'{output}' is a directory; give a video file name", param_hint="'--output'")
+    out_dir = os.path.dirname(os.path.abspath(output))
+    problem = cli_common.output_dir_problem(out_dir)
+    if problem:
+        raise click.BadParameter(problem, param_hint="'--output'")
     if device == "cuda" and not torch.cuda.is_available():
         raise click.BadParameter("CUDA is not available", param_hint="'--device'")
     device = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
-    G = load_network(network_path, device)
-    c = make_label(G, class_idx).to(device)
+    from training import snapshot
+
+    try:
+        G = generation.load_network(network_path, device, extra_classes=allow_classes)
+    except snapshot.SnapshotError as err:
+        raise click.BadParameter(str(err), param_hint="'--network'") from None
+    try:
+        c = generation.make_label(G, class_idx).to(device)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="'--class'") from None
 
     keys_per_cell = len(seeds) // cells
     with torch.no_grad():
-        z = torch.cat([seed_latent(s, G.z_dim) for s in seeds]).to(device)
+        z = torch.cat([generation.seed_latent(s, G.z_dim) for s in seeds]).to(device)
         ws = G.mapping(z, c.expand(len(seeds), -1), truncation_psi=truncation_psi)  # [S, num_ws, w_dim]
         ws = ws.reshape(cells, keys_per_cell, *ws.shape[1:])
         paths = [interpolate(ws[i], frames_per_key, kind) for i in range(cells)]  # cells x [F, num_ws, w_dim]
@@ -128,9 +168,15 @@ def main(network_path, seeds, output, frames_per_key, fps, kind, grid, truncatio
         frames = []
         for f in range(num_frames):
             img = G.synthesis(torch.stack([p[f] for p in paths]), noise_mode="const")
-            frames.append(tile(to_uint8(img), grid_w, grid_h))
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    write_video(frames, output, fps)
+            frames.append(tile(generation.to_uint8_hwc(img), grid_w, grid_h))
+    created = not os.path.isdir(out_dir)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        write_video(frames, output, fps)
+    except OSError as err:
+        if created:
+            cli_common.remove_if_empty(out_dir)
+        raise click.ClickException(cli_common.write_error(err, output)) from None
     print(f"Wrote {num_frames} frames to {output}")
 
 

@@ -17,24 +17,35 @@ Examples:
     # Continue the newest snapshot under --outdir (in a new run directory).
     python train.py --outdir=runs --cfg=fastgan --data=ffhq256.zip --gpus=8 --batch=64 --resume=latest
 
-Every option that does not apply to the chosen --cfg/--loss is rejected rather than ignored.
+Every option that does not apply to the chosen --cfg/--loss is rejected rather than ignored, and so is
+every value that cannot be meant (nan/inf, a negative duration, a --desc that would leave --outdir).
+A run that fails before its first snapshot leaves no run directory behind.
 """
 
 import copy
+import errno
+import glob
+import inspect
 import json
 import math
 import os
+import pickle
 import re
+import shutil
 import sys
 import tempfile
+import zipfile
 
 import click
 import torch
 
 from torch_utils import distributed as dist
-from torch_utils import util
+from torch_utils import image_io, util
+from training import cli_common
 
 CFGS = ("fastgan", "fastgan_lite", "stylegan2")
+POSITIVE = cli_common.FiniteFloat(min=0, min_open=True)
+NON_NEGATIVE = cli_common.FiniteFloat(min=0)
 LOSSES = ("projected", "stylegan2")
 
 
@@ -81,12 +92,23 @@ def _given(ctx: click.Context, name: str) -> bool:
 
 
 def parse_grid(value):
-    if value is None:
-        return None
-    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", value)
-    if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
-        _fail("grid", f"'{value}' is not COLSxROWS, e.g. 8x4")
-    return [int(m.group(1)), int(m.group(2))]
+    """--grid 'COLSxROWS' -> [cols, rows] (None stays None)."""
+    try:
+        grid = image_io.parse_grid(value)
+    except ValueError as err:
+        _fail("grid", str(err))
+    return None if grid is None else list(grid)
+
+
+def check_outdir_and_desc(outdir: str, desc) -> None:
+    """--outdir must be (or be creatable as) a writable directory; --desc must stay inside it."""
+    problem = cli_common.output_dir_problem(outdir)
+    if problem:
+        _fail("outdir", problem)
+    if desc is not None:
+        seps = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
+        if any(sep in desc for sep in seps) or ".." in desc or "\0" in desc:
+            _fail("desc", f"{desc!r} contains a path separator or '..'; the run directory must stay inside --outdir")
 
 
 def build_config(opts: util.EasyDict, given, world_size: int) -> util.EasyDict:
@@ -203,12 +225,23 @@ def build_config(opts: util.EasyDict, given, world_size: int) -> util.EasyDict:
     c.total_kimg = opts.kimg
     c.kimg_per_tick = opts.tick
     c.network_snapshot_ticks = opts.snap
+    if _loop_accepts("snapshot_keep"):
+        c.snapshot_keep = opts.keep
+    elif opts.keep:
+        _fail("keep", "this version of training.training_loop cannot prune snapshots")
     c.image_snapshot_ticks = opts.img_snap if opts.img_snap is not None else opts.snap
     c.grid_size = parse_grid(opts.grid)
     c.cudnn_benchmark = True
     c.resume = None
     c.cli = dict(cfg=cfg, loss=loss_kind, desc=opts.desc, command=" ".join(sys.argv))
     return c
+
+
+def _loop_accepts(name: str) -> bool:
+    """True when training_loop() has a parameter `name` (its **extra_options would swallow unknown ones)."""
+    from training import training_loop
+
+    return name in inspect.signature(training_loop.training_loop).parameters
 
 
 def _validate_metrics(metrics):
@@ -277,23 +310,57 @@ def _check_projected_D(D_kwargs, res):
     if not 16 <= res <= 1024:
         _fail("data", f"the projected discriminator takes 16..1024 pixel images, the dataset has {res}x{res}")
     weights = D_kwargs.get("weights")
-    if weights is not None and not os.path.isfile(weights):
-        _fail("backbone-weights", f"'{weights}' does not exist")
+    if weights is not None:
+        check_backbone_weights(weights, backbone)
+
+
+def check_backbone_weights(path: str, backbone: str) -> None:
+    """--backbone-weights must be a torch.save'd state dict of tensors that fits `backbone`.
+
+    It is read with torch.load(weights_only=True), which refuses pickled objects other than tensors and plain
+    containers, so a file that would run code when unpickled is rejected without running it.
+    """
+    if not os.path.isfile(path):
+        _fail("backbone-weights", f"'{path}' does not exist")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        names = f" such as {found.group(1)}" if found else ""
+        _fail("backbone-weights", f"'{path}' holds pickled objects other than tensors{names}; refusing to load it "
+                                  f"(unpickling them could run code). Save a state dict with "
+                                  f"torch.save(model.state_dict(), PATH)")
+    except Exception as err:  # torch raises a zoo of types for files it cannot parse
+        _fail("backbone-weights", f"'{path}' is not a weights file written by torch.save "
+                                  f"({cli_common.one_line(err)[:160]})")
+    for key in ("state_dict", "model", "params"):  # the checkpoint wrappers the plugin unwraps too
+        if isinstance(data, dict) and isinstance(data.get(key), dict):
+            data = data[key]
+    if not isinstance(data, dict) or not data or not all(torch.is_tensor(v) for v in data.values()):
+        _fail("backbone-weights", f"'{path}' does not contain a state dict of tensors")
+    try:
+        from projector_plugin import feature_networks
+    except ImportError:
+        return
+    load = getattr(feature_networks, "load_pretrained_state_dict", None)
+    if load is None:
+        return
+    try:
+        load(backbone, path)  # cached per process: the discriminator built later reuses it
+    except (ValueError, RuntimeError, KeyError, OSError) as err:
+        _fail("backbone-weights", f"'{path}' does not fit backbone '{backbone}': {cli_common.one_line(err)[:300]}")
 
 
 def resolve_resume(opts) -> str:
+    """The file --resume designates ('latest', a run directory, a resume file or snapshot), as the loop resolves it."""
     if opts.resume is None:
         return None
     from training import snapshot as snapshot_lib
 
-    if opts.resume == "latest":
-        path = snapshot_lib.find_latest(opts.outdir)
-        if path is None:
-            _fail("resume", f"--resume=latest: no network-snapshot-*.pt under '{opts.outdir}'")
-        return path
-    if not os.path.isfile(opts.resume):
-        _fail("resume", f"'{opts.resume}' does not exist (give a snapshot path or 'latest')")
-    return opts.resume
+    try:
+        return snapshot_lib.resolve_resume(opts.resume, outdir=opts.outdir)
+    except snapshot_lib.SnapshotError as err:
+        _fail("resume", cli_common.one_line(err))
 
 
 def check_resume_compatible(path: str, c: util.EasyDict, common: dict) -> None:
@@ -303,10 +370,10 @@ def check_resume_compatible(path: str, c: util.EasyDict, common: dict) -> None:
     try:
         data = snapshot_lib.load_snapshot(path, mmap=True)
     except snapshot_lib.SnapshotError as err:
-        _fail("resume", str(err))
-    for key in ("G", "G_ema", "D", "G_opt", "D_opt", "progress"):
+        _fail("resume", cli_common.one_line(err))
+    for key in ("G", "G_ema", "D", "progress"):
         if key not in data:
-            _fail("resume", f"'{path}' has no '{key}': it is not a full training snapshot")
+            _fail("resume", f"'{path}' has no '{key}': it is not a training snapshot")
     done_nimg = int(data["progress"]["cur_nimg"])
     if done_nimg >= round(c.total_kimg * 1000):
         _fail("kimg", f"'{path}' has already trained for {done_nimg / 1000:g} kimg; --kimg is the total "
@@ -335,10 +402,75 @@ def _pick_device(kind: str, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
+def _has_training_state(run_dir: str) -> bool:
+    """True once the run directory holds a snapshot (or any other .pt file a resume could start from)."""
+    return bool(glob.glob(os.path.join(glob.escape(run_dir), "*.pt")))
+
+
+def _remove_empty_run(run_dir: str, outdir: str, outdir_existed: bool) -> None:
+    """Delete a run directory that holds no training state (a run that failed before its first snapshot), and
+    --outdir too when this run created it and it is empty now."""
+    if run_dir is not None and os.path.isdir(run_dir) and not _has_training_state(run_dir):
+        shutil.rmtree(run_dir, ignore_errors=True)
+    if not outdir_existed:
+        cli_common.remove_if_empty(outdir)
+
+
+def _dataset_error_line(err: BaseException) -> str:
+    """The message of a DatasetError, also when a DataLoader worker re-raised it with its traceback attached."""
+    text = str(err)
+    if "Original Traceback" in text:  # DataLoader: "Caught DatasetError in DataLoader worker ... Traceback ..."
+        last = [line for line in text.splitlines() if line.strip()][-1].strip()
+        text = last.split("DatasetError: ", 1)[-1]
+    return cli_common.one_line(text)
+
+
+def run_training(training_loop, c, rank: int, device) -> int:
+    """Call the training loop; map the failures a user can act on to (one message line, exit status).
+
+    Returns 0 on success. Bugs still raise with a traceback.
+    """
+    from training import dataset as dataset_lib
+    from training import snapshot as snapshot_lib
+
+    try:
+        training_loop.training_loop(**c, rank=rank, device=device)
+        # Leave together: a rank that tears down its process group while another is still in a collective
+        # (or still shutting down gloo's threads) can abort the whole job at exit.
+        dist.barrier()
+        return 0
+    except training_loop.TrainingInterrupted as err:  # SIGTERM/SIGINT; the loop saved the resume state first
+        return _report(rank, cli_common.one_line(err), 128 + int(err.signum), prefix="Stopped")
+    except training_loop.NonFiniteLossError as err:
+        return _report(rank, str(err), 3, leading_newline=True)
+    except training_loop.DiskFullError as err:  # str(): "no space left on device at PATH"
+        return _report(rank, cli_common.one_line(err), 1)
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return _report(rank, cli_common.write_error(err, err.filename or c.get("run_dir")), 1)
+        raise
+    except dataset_lib.DatasetError as err:
+        return _report(rank, f"--data: {_dataset_error_line(err)}", 1, every_rank=True)
+    except snapshot_lib.SnapshotError as err:
+        return _report(rank, f"--resume: {cli_common.one_line(err)}", 1)
+
+
+def _report(rank: int, message: str, status: int, leading_newline: bool = False, every_rank: bool = False,
+            prefix: str = "Error") -> int:
+    if rank == 0 or every_rank:
+        print(f"{chr(10) if leading_newline else ''}{prefix}: {message}", file=sys.stderr, flush=True)
+    return status
+
+
 def subprocess_fn(rank, c, world_size, init_method, device_kind, outdir, desc, local_rank=None, local_world_size=None):
-    """Body of every training process (spawned, torchrun-started, or the single in-process run)."""
+    """Body of every training process (spawned, torchrun-started, or the single in-process run).
+
+    Exits with SystemExit(status) on the failures `run_training` maps; rank 0 then removes a run directory that
+    got no snapshot.
+    """
     from training import training_loop
 
+    cli_common.setup_logging()
     local_rank = rank if local_rank is None else local_rank
     local_world_size = world_size if local_world_size is None else local_world_size
     device = _pick_device(device_kind, local_rank)
@@ -349,33 +481,50 @@ def subprocess_fn(rank, c, world_size, init_method, device_kind, outdir, desc, l
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world_size))
     dist.init_process_group(rank, world_size, device, init_method)
     logger = None
+    run_dir = None
+    succeeded = False
+    outdir_existed = os.path.isdir(outdir)
     try:
         # Rank 0 picks the run directory; everyone learns its name.
-        run_dir = [create_run_dir(outdir, desc) if rank == 0 else None]
+        if rank == 0:
+            try:
+                created = create_run_dir(outdir, desc)
+            except OSError as err:
+                created = err
+            run_dir = [created]
+        else:
+            run_dir = [None]
         if world_size > 1:
             torch.distributed.broadcast_object_list(run_dir, src=0)
         run_dir = run_dir[0]
+        if isinstance(run_dir, OSError):
+            err, run_dir = run_dir, None
+            if rank == 0:
+                print(f"Error: --outdir: cannot create a run directory under '{outdir}': "
+                      f"{cli_common.write_error(err, err.filename or outdir)}", file=sys.stderr)
+            raise SystemExit(1)
         c = util.EasyDict(copy.deepcopy(c))
         c.run_dir = run_dir
         if rank == 0:
-            with open(os.path.join(run_dir, "training_options.json"), "wt", encoding="utf-8") as f:
-                json.dump(c, f, indent=2)
+            options_path = os.path.join(run_dir, "training_options.json")
+            try:
+                util.atomic_write(options_path, lambda f: f.write(json.dumps(c, indent=2).encode("utf-8")))
+            except OSError as err:
+                print(f"Error: {cli_common.write_error(err, options_path)}", file=sys.stderr)
+                raise SystemExit(1) from None
             logger = util.Logger(file_name=os.path.join(run_dir, "log.txt"), file_mode="a", should_flush=True)
             print(f"Run directory: {run_dir}")
-            print(f"Training options written to {os.path.join(run_dir, 'training_options.json')}")
+            print(f"Training options written to {options_path}")
             print()
-        try:
-            training_loop.training_loop(**c, rank=rank, device=device)
-            # Leave together: a rank that tears down its process group while another is still in a collective
-            # (or still shutting down gloo's threads) can abort the whole job at exit.
-            dist.barrier()
-        except training_loop.NonFiniteLossError as err:
-            if rank == 0:
-                print(f"\nError: {err}", file=sys.stderr)
-            raise SystemExit(3)
+        status = run_training(training_loop, c, rank, device)
+        if status:
+            raise SystemExit(status)
+        succeeded = True
     finally:
         if logger is not None:
             logger.close()
+        if rank == 0 and not succeeded:
+            _remove_empty_run(run_dir, outdir, outdir_existed)
         dist.destroy_process_group()
 
 
@@ -401,8 +550,10 @@ class _MetricList(click.ParamType):
 @click.command(context_settings=dict(max_content_width=120, help_option_names=["-h", "--help"]))
 # Required.
 @click.option("--outdir", help="Where to put the run directories NNNNN-desc/", metavar="DIR", required=True)
-@click.option("--cfg", help="Generator: FastGAN, its lite variant, or StyleGAN2", type=click.Choice(CFGS), required=True)
-@click.option("--data", help="Training data: a folder or zip of images (see dataset_tool.py)", metavar="PATH", required=True)
+@click.option("--cfg", help="Generator: FastGAN, its lite variant, or StyleGAN2", type=click.Choice(CFGS),
+              required=True)
+@click.option("--data", help="Training data: a folder or zip of images (see dataset_tool.py)", metavar="PATH",
+              required=True)
 @click.option("--batch", help="Total batch size over all processes and rounds", metavar="INT", type=int, required=True)
 # Setup.
 @click.option("--loss", help="Discriminator + loss: Projected GAN, or the StyleGAN2 baseline (R1)",
@@ -420,15 +571,15 @@ class _MetricList(click.ParamType):
               "dir and trains until --kimg in total", metavar="PATH|latest")
 # Hyperparameters.
 @click.option("--glr", help="G learning rate  [default: 0.0002 for FastGAN, 0.002 for StyleGAN2]", metavar="FLOAT",
-              type=float)
+              type=POSITIVE)
 @click.option("--dlr", help="D learning rate  [default: 0.0002 for FastGAN, 0.002 for StyleGAN2]", metavar="FLOAT",
-              type=float)
+              type=POSITIVE)
 @click.option("--ema-kimg", help="Half-life of the G exponential moving average in kimg  [default: batch*10/32]",
-              metavar="FLOAT", type=float)
+              metavar="FLOAT", type=NON_NEGATIVE)
 @click.option("--ema-rampup", help="EMA ramp-up: half-life <= this fraction of the images seen  [default: 0.05 "
-              "for --cfg=stylegan2, none otherwise]", metavar="FLOAT", type=click.FloatRange(min=0))
+              "for --cfg=stylegan2, none otherwise]", metavar="FLOAT", type=NON_NEGATIVE)
 @click.option("--r1-gamma", help="R1 weight (--loss=stylegan2 only)  [default: 0.0002*resolution^2/batch]",
-              metavar="FLOAT", type=click.FloatRange(min=0))
+              metavar="FLOAT", type=NON_NEGATIVE)
 @click.option("--cbase", help="StyleGAN2 networks: channel base", metavar="INT", type=int, default=32768,
               show_default=True)
 @click.option("--cmax", help="StyleGAN2 networks: max channels", metavar="INT", type=int, default=512,
@@ -446,22 +597,25 @@ class _MetricList(click.ParamType):
 @click.option("--fp32", help="Disable mixed precision (StyleGAN2 fp16 layers, bf16 feature network on CUDA)",
               metavar="BOOL", type=bool, default=False, show_default=True)
 # Misc.
-@click.option("--kimg", help="Total training duration in thousands of images", metavar="FLOAT", type=float,
+@click.option("--kimg", help="Total training duration in thousands of images", metavar="FLOAT", type=POSITIVE,
               default=10000, show_default=True)
-@click.option("--tick", help="How often to print progress, in kimg", metavar="FLOAT", type=float, default=4,
+@click.option("--tick", help="How often to print progress, in kimg", metavar="FLOAT", type=POSITIVE, default=4,
               show_default=True)
 @click.option("--snap", help="How often to save snapshots (+ metrics), in ticks", metavar="INT", type=int,
               default=50, show_default=True)
+@click.option("--keep", help="Keep only the newest N snapshots of this run (0 = keep all)", metavar="INT",
+              type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--img-snap", help="How often to save fakes grids, in ticks  [default: --snap]", metavar="INT",
               type=int)
 @click.option("--grid", help="Columns x rows of the reals/fakes grids  [default: from the resolution, 4..16 each]",
               metavar="COLSxROWS")
-@click.option("--metrics", help="Quality metrics at every snapshot, comma-separated, or 'none'", metavar="[NAME|A,B,C|none]",
+@click.option("--metrics", help="Quality metrics at every snapshot, comma-separated, or 'none'",
+              metavar="[NAME|A,B,C|none]",
               type=_MetricList(), default="fid50k_full", show_default=True)
 @click.option("--seed", help="Random seed", metavar="INT", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--workers", help="DataLoader worker processes per training process", metavar="INT", type=int,
               default=3, show_default=True)
-@click.option("--desc", help="String appended to the run directory name", metavar="STR")
+@click.option("--desc", help="String appended to the run directory name (no path separators)", metavar="STR")
 @click.option("--dry-run", help="Print the training options and exit without writing anything", is_flag=True)
 def main(**kwargs):
     """Train a Projected GAN (Sauer et al., NeurIPS 2021) or a StyleGAN2 baseline.
@@ -472,9 +626,11 @@ def main(**kwargs):
     result, usable as gen_images.py --network) and metrics.png. Multi-node training: start this
     script with torchrun.
     """
+    cli_common.setup_logging()
     ctx = click.get_current_context()
     opts = util.EasyDict(kwargs)
     given = lambda name: _given(ctx, name)
+    check_outdir_and_desc(opts.outdir, opts.desc)
 
     # Topology: torchrun (any number of nodes) or N processes spawned here.
     if dist.launched_by_torchrun():
@@ -537,8 +693,10 @@ def main(**kwargs):
                                             args=(c, world_size, init_method, opts.device, opts.outdir, desc),
                                             nprocs=world_size)
             except torch.multiprocessing.ProcessExitedException as err:
+                if err.exit_code is not None and err.exit_code > 128:  # stopped by a signal: keep its exit status
+                    raise SystemExit(err.exit_code) from None
                 raise click.ClickException(f"training stopped: a process exited with code {err.exit_code} "
-                                           f"(see the messages above and log.txt)")
+                                           f"(see the messages above)") from None
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Speed and memory of the projected discriminator's training steps, fast path vs plain reference.
+"""Speed and memory of the projected discriminator's training steps, the plugin vs the plain reference.
 
     python benchmarks/bench_discriminator.py --batch 8 --res 256            # CPU or CUDA (auto)
     python benchmarks/bench_discriminator.py --device cuda --batch 64 --res 256 --out results/d_h100.json
@@ -7,8 +7,10 @@ Steps measured (the generator is a free parameter tensor, so only the discrimina
     D step: hinge loss on a real and a fake batch, backward, Adam step on the mini-discriminators.
     G step: hinge loss on a fake batch, backward to the image (what the generator would receive).
 img/s = batch / step time. Variants run interleaved, round-robin, in one process, so machine noise hits all
-alike; the ratios against `plain` come from the same run. Peak memory: CUDA max_memory_allocated per variant;
-on CPU the peak RSS growth during the steps, in a separate process that runs the variant alone.
+alike; the ratios against `plain` come from the same run. The `plain*` variants run
+reference_discriminator.ReferenceDiscriminator (the paper's D written the obvious way, same function).
+Peak memory: CUDA max_memory_allocated per variant; on CPU the peak RSS growth during the steps, in a separate
+process that runs the variant alone.
 """
 
 import argparse
@@ -23,13 +25,16 @@ import time
 import torch
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from reference_discriminator import ReferenceDiscriminator  # noqa: E402
+
 from projector_plugin import ProjectedDiscriminator, ProjectedGANLoss  # noqa: E402
 
 VARIANTS = {
-    # name: ProjectedDiscriminator kwargs
-    "plain": dict(plain=True),
-    "plain_toggled": dict(plain=True),
-    "plain_nograd": dict(plain=True),
+    # name: ProjectedDiscriminator kwargs (plain*: ReferenceDiscriminator)
+    "plain": dict(),
+    "plain_toggled": dict(),
+    "plain_nograd": dict(),
     "fast": dict(),
     "fast_nchw": dict(channels_last=False),
     "fast_cl": dict(channels_last=True),
@@ -59,7 +64,8 @@ def make(variant, args, device):
     `plain_nograd` is the careful version: the frozen parts get `requires_grad_(False)` and the host never toggles.
     """
     torch.manual_seed(0)
-    D = ProjectedDiscriminator(pretrained=False, feat_res=args.feat_res, **VARIANTS[variant]).to(device).train()
+    cls = ReferenceDiscriminator if variant.startswith("plain") else ProjectedDiscriminator
+    D = cls(pretrained=False, feat_res=args.feat_res, **VARIANTS[variant]).to(device).train()
     G = FreeImages(args.batch, args.res).to(device)
     opt = torch.optim.Adam(D.discs.parameters(), lr=2e-4, betas=(0.0, 0.99))  # the backbone is never optimised
     real = torch.rand(args.batch, 3, args.res, args.res, device=device) * 2 - 1
@@ -131,6 +137,7 @@ def child_memory(args):
     ru_maxrss would also count one-off set-up peaks (model construction), which are the same for all variants.
     """
     import threading
+
     import psutil
     proc = psutil.Process()
     d_step, g_step = make(args.child_memory, args, torch.device("cpu"))
@@ -231,7 +238,8 @@ def main():
     out = args.out or os.path.join(os.path.dirname(__file__), "results", f"discriminator_{device.type}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
-        json.dump(dict(device=device.type, device_name=name, torch=torch.__version__, threads=torch.get_num_threads(), clock=args.clock,
+        json.dump(dict(device=device.type, device_name=name, torch=torch.__version__, threads=torch.get_num_threads(),
+                       clock=args.clock,
                        batch=args.batch, res=args.res, feat_res=args.feat_res or 224, rounds=args.rounds,
                        date=time.strftime("%Y-%m-%d"), rows=rows), f, indent=2)
     print(f"wrote {out}")

@@ -90,7 +90,10 @@ def main(argv=None):
 
     impls = ["ref", "cuda"] if device.type == "cuda" else ["ref"]
     dtypes = [torch.float32, torch.float16] if device.type == "cuda" else [torch.float32]
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    if device.type == "cuda":
+        device_name = torch.cuda.get_device_name(device)
+    else:
+        device_name = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
     rows = []
     torch.manual_seed(0)
@@ -108,11 +111,11 @@ def main(argv=None):
                     err = (out.detach().float() - ref_out).abs().max().item()
                 dy = torch.randn_like(out)
 
-                def fwd():
+                def fwd(fn=fn, x=x, impl=impl):
                     with torch.no_grad():
                         fn(x, impl)
 
-                def fwd_bwd():
+                def fwd_bwd(fn=fn, x=x, impl=impl, dy=dy):
                     y = fn(x, impl)
                     y.backward(dy)
 
@@ -132,7 +135,8 @@ def main(argv=None):
         ref = by_key[(r["op"], str(r["shape"]), r["dtype"], r["mode"], "ref")]
         speedup = f"{ref['ms'] / r['ms']:.2f}x" if r["impl"] != "ref" and r["ms"] > 0 else ""
         err = "" if r["max_err_vs_ref"] is None else f"{r['max_err_vs_ref']:.2e}"
-        print(f"| {r['op']} | {r['shape']} | {r['dtype']} | {r['mode']} | {r['impl']} | {r['ms']:.3f} | {speedup} | {err} |")
+        cells = [r["op"], r["shape"], r["dtype"], r["mode"], r["impl"], f"{r['ms']:.3f}", speedup, err]
+        print("| " + " | ".join(str(c) for c in cells) + " |")
 
     tag = "cpu" if device.type == "cpu" else re.sub(r"[^a-z0-9]+", "_", device_name.lower()).strip("_")
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"ops_{tag}.json")

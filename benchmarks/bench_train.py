@@ -54,8 +54,8 @@ def worker(args):
         cfg=args.cfg, loss=args.loss, data=args.data, batch=args.batch, batch_gpu=None, kimg=1, tick=1, snap=1,
         img_snap=None, seed=0, mirror=False, cond=False, glr=None, dlr=None, ema_kimg=None, ema_rampup=None,
         r1_gamma=None, cbase=args.cbase, cmax=512, map_depth=None, ngf=args.ngf, backbone="tf_efficientnet_lite0",
-        backbone_weights=None, feat_res=args.feat_res if args.loss == "projected" else None, fp32=args.fp32, metrics=[], workers=args.workers, grid=None,
-        desc=None,
+        backbone_weights=None, feat_res=args.feat_res if args.loss == "projected" else None, fp32=args.fp32,
+        metrics=[], workers=args.workers, grid=None, desc=None,
     )
     given = lambda name: name == "feat_res" and opts.feat_res is not None
     c = train.build_config(opts, given, world_size=1)
@@ -70,7 +70,10 @@ def worker(args):
         start = time.time()
         result = training_loop(run_dir=run_dir, device=torch.device(args.device), **c)
         total = time.time() - start
-    peak = result["peak_gpu_mem"] if args.device == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if args.device == "cuda":
+        peak = result["peak_gpu_mem"]
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     record = dict(cfg=args.cfg, loss=args.loss, device=args.device, res=args.res, batch=args.batch,
                   sec_per_kimg=result["sec_per_kimg"], sec_per_step=result["sec_per_kimg"] * args.batch / 1000,
                   img_per_sec=1000 / result["sec_per_kimg"], peak_mem_gb=peak / 2**30, total_sec=total,

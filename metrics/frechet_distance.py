@@ -74,7 +74,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6, tol=1e-3, method="sqrtm
         if np.iscomplexobj(covmean):
             imag = np.max(np.abs(np.diagonal(covmean).imag))
             if imag > 1e-3 * max(np.max(np.abs(np.diagonal(covmean).real)), 1e-12):
-                warnings.warn(f"frechet_distance: discarding an imaginary component of {imag:.3g} in sqrtm(S1 S2)")
+                warnings.warn(f"frechet_distance: discarding an imaginary component of {imag:.3g} in sqrtm(S1 S2)",
+                              stacklevel=2)
             covmean = covmean.real
         tr_covmean = float(np.trace(covmean))
     else:
@@ -83,14 +84,20 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6, tol=1e-3, method="sqrtm
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean)
 
 
+def fd_from_stats(real, gen, method="sqrtm"):
+    """FD between two FeatureStats with mean/covariance (generated first, as StyleGAN orders the arguments)."""
+    mu_real, sigma_real = real.get_mean_cov()
+    mu_gen, sigma_gen = gen.get_mean_cov()
+    return frechet_distance(mu_gen, sigma_gen, mu_real, sigma_real, method=method)
+
+
 def compute_fd(opts, detector_name, max_real, num_gen):
-    """FD between the real data (all if max_real is None) and `num_gen` generated images."""
+    """FD between the real data (all if max_real is None) and `num_gen` generated images, embedded for this
+    metric alone (metric_main.calc_metrics shares the embedding between metrics; this is its reference)."""
     real = metric_utils.compute_feature_stats_for_dataset(opts, detector_name, max_items=max_real,
                                                           capture_mean_cov=True)
     gen = metric_utils.compute_feature_stats_for_generator(opts, detector_name, num_gen=num_gen,
                                                            capture_mean_cov=True)
     if opts.rank != 0:
         return float("nan")
-    mu_real, sigma_real = real.get_mean_cov()
-    mu_gen, sigma_gen = gen.get_mean_cov()
-    return frechet_distance(mu_gen, sigma_gen, mu_real, sigma_real, method=opts.fd_method)
+    return fd_from_stats(real, gen, method=opts.fd_method)

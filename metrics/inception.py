@@ -17,17 +17,20 @@ Resolution of the weights, in order (see `find_inception_weights`):
   4. download of NVIDIA's TorchScript file into the cache dir (has the classifier).
 """
 
-import contextlib
 import importlib.util
+import logging
 import os
 import re
-import sys
-import tempfile
+import time
 import urllib.request
 import warnings
 
 import torch
 import torch.nn.functional as F
+
+from torch_utils import util
+
+logger = logging.getLogger(__name__)
 
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
 INCEPTION_FILENAME = "inception-2015-12-05.pt"
@@ -326,7 +329,7 @@ def load_inception_state_dict(path):
             raise ValueError(f"{path}: neither a TorchScript Inception (like NVIDIA's {INCEPTION_FILENAME}) nor a "
                              f"state dict ({type(e).__name__}); pickled detectors (.pkl) are not supported") from e
         if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-            raise ValueError(f"{path}: neither a TorchScript Inception nor a state dict")
+            raise ValueError(f"{path}: neither a TorchScript Inception nor a state dict") from None
     if any("layers." in k for k in state):
         state = convert_torchscript_state_dict(state)
     return {k: v.float() for k, v in state.items()}
@@ -367,30 +370,27 @@ def fid_helper_weights_path():
 
 
 def download_file(url, dst, timeout=60):
-    """Download `url` to `dst` with a progress bar on stderr; atomic (temp file + rename)."""
+    """Download `url` to `dst`, logging progress; atomic (torch_utils.util.atomic_write: temp file + rename)."""
     os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(dst)), prefix=".download-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as r:
+    logger.info("Downloading %s to %s", url, dst)
+
+    def fetch(f):
+        with urllib.request.urlopen(url, timeout=timeout) as r:
             total = int(r.headers.get("Content-Length") or 0)
-            done = 0
+            done, last = 0, time.time()
             while True:
                 chunk = r.read(1 << 20)
                 if not chunk:
                     break
                 f.write(chunk)
                 done += len(chunk)
-                pct = f"{100 * done / total:5.1f}%" if total else ""
-                sys.stderr.write(f"\rDownloading {os.path.basename(dst)}: {done / 2**20:7.1f} MiB {pct}")
-                sys.stderr.flush()
-            sys.stderr.write("\n")
+                if time.time() - last > 5:
+                    last = time.time()
+                    logger.info("  %s: %.1f of %.1f MiB", os.path.basename(dst), done / 2**20, total / 2**20)
         if total and done != total:
-            raise IOError(f"truncated download of {url}: {done} of {total} bytes")
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
+            raise OSError(f"truncated download of {url}: {done} of {total} bytes")
+
+    util.atomic_write(dst, fetch)
     return dst
 
 

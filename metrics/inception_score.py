@@ -24,15 +24,17 @@ def inception_score(logits, num_splits=10):
     return float(np.mean(scores)), float(np.std(scores))
 
 
-def _logits(detector, images):
+def classifier_logits(detector, images):
+    """feature_fn of the IS: uint8 images [N, C, H, W] -> 1008-way logits [N, 1008] (no output bias)."""
     return detector.logits(images)
 
 
 def compute_is(opts, num_gen, num_splits=10):
+    """IS of `num_gen` generated images embedded for this metric alone (reference of metric_main's shared path)."""
     kwargs = dict(require_classifier=True)
     stats = metric_utils.compute_feature_stats_for_generator(opts, "inception", detector_kwargs=kwargs,
-                                                             num_gen=num_gen, capture_all=True, feature_fn=_logits,
-                                                             feature_kind="logits")
+                                                             num_gen=num_gen, capture_all=True,
+                                                             feature_fn=classifier_logits, feature_kind="logits")
     if opts.rank != 0:
         return float("nan"), float("nan")
     return inception_score(stats.get_all(), num_splits)

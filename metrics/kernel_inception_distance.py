@@ -39,6 +39,7 @@ def kernel_distance(real_features, gen_features, num_subsets=100, max_subset_siz
 
 
 def compute_kid(opts, max_real, num_gen, num_subsets=100, max_subset_size=1000, detector_name="inception"):
+    """KID with features embedded for this metric alone (reference of metric_main's shared path)."""
     real = metric_utils.compute_feature_stats_for_dataset(opts, detector_name, max_items=max_real, capture_all=True)
     gen = metric_utils.compute_feature_stats_for_generator(opts, detector_name, num_gen=num_gen, capture_all=True)
     if opts.rank != 0:

@@ -4,24 +4,29 @@ All ranks run the same code. Each rank embeds its share of the images, and after
 of all ranks are gathered (`torch.distributed.all_gather`), so every rank ends with the same statistics.
 Statistics of real data are cached on disk per (dataset path + a fingerprint of its files' sizes and
 mtimes, dataset options, detector, number of images, kind of statistics), so evaluating snapshot after
-snapshot embeds only the generated images.
+snapshot embeds only the generated images. embed_generated_shared / embed_datasets_shared serve several metrics
+of one evaluation from one pass per detector (see metric_main.calc_metrics). Diagnostics (progress) go to the
+logger of this module.
 """
 
 import copy
 import hashlib
 import json
+import logging
 import os
-import tempfile
 import time
 
 import numpy as np
 import torch
 
+from torch_utils import util
+from torch_utils.image_io import IMAGE_EXTENSIONS, is_image_file, to_uint8
+
 from . import detectors
 from .inception import default_cache_dir
 
 CACHE_VERSION = 1
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+logger = logging.getLogger(__name__)
 
 
 class MetricError(ValueError):
@@ -76,9 +81,9 @@ def _check_path(path, what="dataset"):
         raise MetricError(f"{what} not found: {path}")
     if os.path.isdir(path):
         for _root, _dirs, files in os.walk(path):
-            if any(f.lower().endswith(IMAGE_EXTENSIONS) for f in files):
+            if any(is_image_file(f) for f in files):
                 return
-        raise MetricError(f"{what} {path} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
+        raise MetricError(f"{what} {path} contains no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
 
 
 _open_datasets = {}  # (kwargs, fingerprint) -> dataset: opening reads every image header, so reuse it.
@@ -213,18 +218,20 @@ class FeatureStats:
             state["raw_mean"], state["raw_cov"] = self.raw_mean, self.raw_cov
         return state
 
+    def prefix(self, n):
+        """A capture_all-only FeatureStats holding the first `n` rows (a view, no copy once compacted)."""
+        assert self.capture_all and n <= self.num_items
+        if len(self.all_features) != 1:
+            self.all_features = [self.get_all()]  # Compact once, so that every prefix is a slice of one array.
+        out = FeatureStats(capture_all=True, max_items=n)
+        out.num_items, out.num_features, out.all_features = n, self.num_features, [self.all_features[0][:n]]
+        return out
+
     def save(self, path):
         """Atomic: the file appears complete or not at all."""
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".stats-", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **self.state())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        state = self.state()
+        util.atomic_write(path, lambda f: np.savez(f, **state))
 
     @classmethod
     def load(cls, path, capture_all, capture_mean_cov, max_items):
@@ -265,7 +272,7 @@ class _Progress:
         if self.enabled and (force or time.time() - self.last > 5) and done != self.shown:
             self.last, self.shown = time.time(), done
             rate = done / max(self.last - self.t0, 1e-9)
-            print(f"  {self.what}: {done}/{self.total} images ({rate:.1f} img/s)", flush=True)
+            logger.info("  %s: %d/%d images (%.1f img/s)", self.what, done, self.total, rate)
 
 
 # ----------------------------------------------------------------------------
@@ -366,11 +373,6 @@ def compute_feature_stats_for_dataset(opts, detector_name, detector_kwargs=None,
 # Generated images.
 
 
-def to_uint8(img):
-    """Generator output float [N, C, H, W] in [-1, 1] -> uint8 [0, 255] (round to nearest, as StyleGAN)."""
-    return (img * 127.5 + 128).clamp(0, 255).to(torch.uint8)
-
-
 def check_generator_vs_dataset(G, dataset, dataset_kwargs):
     shape = dataset_image_shape(dataset)
     res, ch = getattr(G, "img_resolution", None), getattr(G, "img_channels", None)
@@ -437,3 +439,113 @@ def compute_feature_stats_for_generator(opts, detector_name, detector_kwargs=Non
         progress.update(stats.num_items)
     progress.update(stats.num_items, force=True)
     return stats
+
+
+# ----------------------------------------------------------------------------
+# Shared embedding: several metrics of one evaluation, each image generated and embedded once per detector.
+
+
+class FeatureRequest:
+    """What one metric needs from one side (real or generated): `num` images embedded by one detector.
+
+    num             images wanted (None on the real side: all of the dataset)
+    capture         'all' (every feature row, for KID / PR / IS) or 'mean_cov' (running statistics, for FD)
+    detector_name, detector_kwargs, feature_fn, feature_kind: as in compute_feature_stats_for_dataset
+    """
+
+    def __init__(self, detector_name, num, capture, detector_kwargs=None, feature_fn=None, feature_kind="features"):
+        assert capture in ("all", "mean_cov")
+        self.detector_name = detector_name
+        self.num = num
+        self.capture = capture
+        self.detector_kwargs = dict(detector_kwargs or {})
+        self.feature_fn = feature_fn
+        self.feature_kind = feature_kind
+
+    def embedding_key(self):
+        """Requests with the same key are served by one pass of one detector over the same images."""
+        return (self.detector_name, repr(sorted(self.detector_kwargs.items())), self.feature_kind)
+
+
+def _group_by_embedding(requests):
+    groups = {}
+    for i, req in enumerate(requests):
+        groups.setdefault(req.embedding_key(), []).append(i)
+    return groups
+
+
+def embed_datasets_shared(opts, requests, which="dataset"):
+    """[FeatureRequest] -> [FeatureStats], one per request, embedding each (detector, count) subset once.
+
+    A dataset subset of N images is a seeded random choice that depends on N (subset_indices), so only requests
+    with the same count share a pass; their capture kinds are merged into one FeatureStats (same accumulation,
+    so each metric's statistics equal those of its own pass). This serves the real data and, in folder-vs-folder
+    mode (which='dataset2'), the second dataset.
+    """
+    out = [None] * len(requests)
+    for indices in _group_by_embedding(requests).values():
+        by_count = {}
+        for i in indices:
+            by_count.setdefault(requests[i].num, []).append(i)
+        for num, same in by_count.items():
+            req = requests[same[0]]
+            captures = {requests[i].capture for i in same}
+            stats = compute_feature_stats_for_dataset(opts, req.detector_name, req.detector_kwargs, max_items=num,
+                                                      capture_all="all" in captures,
+                                                      capture_mean_cov="mean_cov" in captures, which=which,
+                                                      feature_fn=req.feature_fn, feature_kind=req.feature_kind)
+            for i in same:
+                out[i] = stats
+    return out
+
+
+def embed_generated_shared(opts, requests):
+    """[FeatureRequest] -> [FeatureStats], one per request, generating max(num) images once.
+
+    All requests see the same image stream: batches of opts.batch_size from iterate_generated_images, which
+    depends only on the seed and the batch size. A request for N images gets the first N of them, i.e. exactly
+    the images (in the same batches, so with bitwise the same features and running sums) that an evaluation of
+    that metric alone would generate. Each detector embeds a batch only while one of its requests still needs
+    it; 'all' requests of one detector share one feature array (prefix views), 'mean_cov' requests get one
+    running mean/covariance per count. With a second dataset instead of a generator, see embed_datasets_shared.
+    """
+    if opts.G is None:
+        if opts.dataset2_kwargs is None:
+            raise MetricError("nothing to evaluate: give a network (G) or a second dataset")
+        return embed_datasets_shared(opts, requests, which="dataset2")
+    groups = []
+    for indices in _group_by_embedding(requests).values():
+        req = requests[indices[0]]
+        nums_all = [requests[i].num for i in indices if requests[i].capture == "all"]
+        all_stats = FeatureStats(capture_all=True, max_items=max(nums_all)) if nums_all else None
+        mean_cov = {requests[i].num: None for i in indices if requests[i].capture == "mean_cov"}
+        for num in mean_cov:
+            mean_cov[num] = FeatureStats(capture_mean_cov=True, max_items=num)
+        stats = ([all_stats] if all_stats is not None else []) + list(mean_cov.values())
+        groups.append(dict(indices=indices, req=req, all=all_stats, mean_cov=mean_cov, stats=stats,
+                           detector=_detector(opts, req.detector_name, req.detector_kwargs),
+                           feature_fn=req.feature_fn or (lambda det, images: det(images))))
+    total = max(requests[i].num for g in groups for i in g["indices"])
+    progress = _Progress(opts, "generated images", total)
+    images_iter = iterate_generated_images(opts)
+    done = 0
+    while any(not s.is_full() for g in groups for s in g["stats"]):
+        images = next(images_iter)
+        for g in groups:
+            if all(s.is_full() for s in g["stats"]):
+                continue
+            features = g["feature_fn"](g["detector"], images)
+            valid = torch.ones(len(features), dtype=torch.bool, device=features.device)
+            features = _gather(features, valid, opts).detach().cpu().numpy()
+            for s in g["stats"]:
+                s.append(features)
+        done += len(images) * opts.num_gpus
+        progress.update(min(done, total))
+    progress.update(min(done, total), force=True)
+
+    out = [None] * len(requests)
+    for g in groups:
+        for i in g["indices"]:
+            req = requests[i]
+            out[i] = g["all"].prefix(req.num) if req.capture == "all" else g["mean_cov"][req.num]
+    return out

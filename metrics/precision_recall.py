@@ -60,6 +60,7 @@ def precision_recall(real_features, gen_features, k=3, block=4096, device="cpu")
 
 
 def compute_pr(opts, max_real, num_gen, nhood_size=3, block=4096, detector_name="inception"):
+    """(precision, recall) with features embedded for this metric alone (reference of metric_main's shared path)."""
     real = metric_utils.compute_feature_stats_for_dataset(opts, detector_name, max_items=max_real, capture_all=True)
     gen = metric_utils.compute_feature_stats_for_generator(opts, detector_name, num_gen=num_gen, capture_all=True)
     if opts.rank != 0:

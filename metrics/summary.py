@@ -27,7 +27,7 @@ import PIL.ImageDraw
 import PIL.ImageFont
 
 from torch_utils import util
-from training.snapshot import parse_snapshot_name
+from torch_utils.snapshot_naming import parse_snapshot_name
 
 PANEL_W, PANEL_H = 480, 300
 _MARGIN_L, _MARGIN_R, _MARGIN_T, _MARGIN_B = 64, 16, 28, 36
@@ -77,10 +77,10 @@ def read_metric_points(run_dir: str) -> Dict[str, List[dict]]:
     points: Dict[str, List[dict]] = {}
     for path in sorted(glob.glob(os.path.join(glob.escape(run_dir), "metric-*.jsonl"))):
         try:
-            with open(path, "r", encoding="utf-8", errors="replace") as f:
+            with open(path, encoding="utf-8", errors="replace") as f:
                 lines = f.readlines()
         except OSError as err:
-            warnings.warn(f"cannot read {path}: {err}", RuntimeWarning)
+            warnings.warn(f"cannot read {path}: {err}", RuntimeWarning, stacklevel=2)
             continue
         for lineno, text in enumerate(lines, 1):
             if not text.strip():
@@ -90,7 +90,8 @@ def read_metric_points(run_dir: str) -> Dict[str, List[dict]]:
                 if not isinstance(line, dict) or not isinstance(line.get("results"), dict):
                     raise ValueError("not a metric result line")
             except ValueError as err:
-                warnings.warn(f"{path}:{lineno}: skipping an unreadable line ({err})", RuntimeWarning)
+                warnings.warn(f"{path}:{lineno}: skipping an unreadable line ({err})", RuntimeWarning,
+                              stacklevel=2)
                 continue
             metric = str(line.get("metric", os.path.basename(path)[len("metric-"):-len(".jsonl")]))
             snap = line.get("snapshot_pkl") if isinstance(line.get("snapshot_pkl"), str) else None

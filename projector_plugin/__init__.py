@@ -6,12 +6,16 @@ pip-installed or copied into any StyleGAN-style codebase:
     from projector_plugin import ProjectedDiscriminator, ProjectedGANLoss, DiffAugment
     D = ProjectedDiscriminator(c_dim=0)            # frozen EfficientNet-Lite0 + CCM/CSM + 4 mini-Ds
     loss = ProjectedGANLoss(device, G, D)          # hinge loss, drop-in accumulate_gradients()
+
+Installed on its own with `pip install .` from this repository (distribution `projector-plugin`); the version
+below is the single source of the package version (setup.py reads it as text).
 """
 
+from .blur import gaussian_blur
 from .diffaug import DiffAugment
 from .discriminator import MiniDiscriminator, ProjectedDiscriminator
 from .feature_networks import FrozenFeatureNetwork, create_classifier, load_pretrained_state_dict
-from .loss import ProjectedGANLoss, gaussian_blur
+from .loss import ProjectedGANLoss
 from .projection import RandomProjection
 
 __all__ = [

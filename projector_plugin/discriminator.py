@@ -11,104 +11,62 @@ and fake images build a graph to the image only: no weight gradients are ever co
 """
 
 import contextlib
+import inspect
+import logging
 import math
+import warnings
 
 import torch
-import torch.nn.functional as F
-from torch.nn.utils.parametrizations import spectral_norm
 
 from .diffaug import DiffAugment, parse_policy
 from .feature_networks import FrozenFeatureNetwork
 from .projection import RandomProjection
+from .spectral_norm import SNConv2d, SNLinear
+
+logger = logging.getLogger("projector_plugin")
+
+__all__ = ["ProjectedDiscriminator", "MiniDiscriminator", "DownBlock", "BatchStatsNorm2d", "SNConv2d", "SNLinear",
+           "HOST_KWARGS"]
 
 
-class SNConv2d(torch.nn.Conv2d):
-    """Conv2d with spectral normalisation (Miyato et al. 2018): x -> conv(x, W) / sigma(W) + b.
-
-    The estimate matches `torch.nn.utils.parametrizations.spectral_norm` (same initial draws and 15 warm-up
-    iterations, one power iteration per training forward, sigma's gradient taken with u and v held fixed), but it
-    costs two passes over W instead of about nine: 1/sigma scales the conv's *output* rather than the weight, and
-    sigma = |W v| reuses the power iteration's matrix-vector product. That matters because the deep mini-D layers
-    have weights ~10x larger than a batch's activations (512x256x4x4 = 2.1M values vs 8x512x7x7 = 0.2M).
-
-    forward(x [N, C_in, H, W]) -> [N, C_out, H', W'], like torch.nn.Conv2d.
-    """
-
-    def __init__(self, *args, eps=1e-12, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.eps = eps
-        with torch.no_grad():
-            w = self.weight.flatten(1)
-            u = F.normalize(w.new_empty(w.shape[0]).normal_(0, 1), dim=0, eps=eps)
-            v = F.normalize(w.new_empty(w.shape[1]).normal_(0, 1), dim=0, eps=eps)
-            # Warm-up: the 15 iterations torch's spectral_norm runs, plus the one of its registration call.
-            for _ in range(16):
-                u = F.normalize(torch.mv(w, v), dim=0, eps=eps)
-                v = F.normalize(torch.mv(w.t(), u), dim=0, eps=eps)
-        self.register_buffer("u", u)
-        self.register_buffer("v", v)
-
-    def _matrix(self):
-        """(W as a matrix view, whether its columns are in channels_last order) without copying W.
-
-        A channels_last weight (what the conv wants when its input is channels_last) is viewed as
-        [C_out, k*k*C_in]: a column permutation, which leaves the singular values unchanged. v is kept in the
-        canonical [C_in*k*k] order whatever the memory format, and permuted (a tiny vector) when needed.
-        """
-        w = self.weight
-        if w.ndim == 4 and not w.is_contiguous() and w.is_contiguous(memory_format=torch.channels_last):
-            return w.permute(0, 2, 3, 1).flatten(1), True
-        return w.flatten(1), False
-
-    def _v_as(self, channels_last):
-        o, i, kh, kw = self.weight.shape
-        return self.v.view(i, kh, kw).permute(1, 2, 0).flatten() if channels_last else self.v
-
-    def sigma(self):
-        """Largest singular value of W viewed as [C_out, C_in*k*k]; differentiable in W (u, v held fixed)."""
-        w, cl = self._matrix()
-        if not self.training:
-            return torch.dot(self.u, torch.mv(w, self._v_as(cl)))
-        with torch.no_grad():  # One power iteration, updating the estimate in place (DDP broadcasts buffers).
-            v = F.normalize(torch.mv(w.t(), self.u), dim=0, eps=self.eps)
-            o, i, kh, kw = self.weight.shape
-            self.v.copy_(v.view(kh, kw, i).permute(2, 0, 1).flatten() if cl else v)
-        wv = torch.mv(w, v)
-        sigma = wv.norm()  # = u^T W v with u = Wv / |Wv|: the gradient is the same u v^T outer product.
-        with torch.no_grad():
-            self.u.copy_(wv / sigma.clamp_min(self.eps))
-        return sigma
-
-    def forward(self, x):
-        out = self._conv_forward(x, self.weight, None)
-        scale = (1 / self.sigma()).to(out.dtype)
-        if self.bias is None:
-            return out * scale
-        return torch.addcmul(self.bias.to(out.dtype).view(1, -1, 1, 1), out, scale)
-
-
-def _sn_conv(in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1, bias=True, plain=False):
-    if plain:  # The benchmark reference: torch's own spectral norm, which rescales the weight on every call.
-        return spectral_norm(torch.nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding,
-                                             groups=groups, bias=bias))
-    return SNConv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=bias)
-
-
-def _conv(in_channels, out_channels, kernel_size, stride=1, padding=0, separable=False, plain=False):
+def _conv(in_channels, out_channels, kernel_size, stride=1, padding=0, separable=False):
     """Spectral-normalised conv; `separable` factors it into a depthwise and a 1x1 pointwise conv."""
     if not separable:
-        return _sn_conv(in_channels, out_channels, kernel_size, stride, padding, plain=plain)
+        return SNConv2d(in_channels, out_channels, kernel_size, stride, padding)
     return torch.nn.Sequential(
-        _sn_conv(in_channels, in_channels, kernel_size, stride, padding, groups=in_channels, bias=False, plain=plain),
-        _sn_conv(in_channels, out_channels, 1, plain=plain))
+        SNConv2d(in_channels, in_channels, kernel_size, stride, padding, groups=in_channels, bias=False),
+        SNConv2d(in_channels, out_channels, 1))
+
+
+class BatchStatsNorm2d(torch.nn.BatchNorm2d):
+    """BatchNorm that always normalises with the current batch's statistics and keeps no running statistics.
+
+    In training mode it computes exactly what torch.nn.BatchNorm2d computes. GAN losses only ever call D in
+    training mode, so running statistics would serve nothing but eval-mode calls, and they are a liability: one
+    non-finite batch (a host's module summary feeds D the output of G on uninitialised latents) poisons them for
+    good, and per-rank statistics diverge under multi-GPU training, failing the hosts' DDP consistency check.
+    State dicts that carry `running_mean`, `running_var`, `num_batches_tracked` (older snapshots) still load;
+    those entries are ignored.
+
+    forward(x [N, C, H, W]) -> [N, C, H, W]; needs N*H*W > 1 in eval mode too.
+    """
+
+    def __init__(self, num_features, eps=1e-5):
+        super().__init__(num_features, eps=eps, affine=True, track_running_stats=False)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            state_dict.pop(prefix + name, None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class DownBlock(torch.nn.Sequential):
-    """[N, C_in, R, R] -> [N, C_out, ceil(R/2), ceil(R/2)]: strided 4x4 conv, BatchNorm, LeakyReLU(0.2)."""
+    """[N, C_in, R, R] -> [N, C_out, ceil(R/2), ceil(R/2)]: strided 4x4 conv, BatchNorm (batch statistics, see
+    BatchStatsNorm2d), LeakyReLU(0.2)."""
 
-    def __init__(self, in_channels, out_channels, separable=False, plain=False):
-        super().__init__(_conv(in_channels, out_channels, 4, 2, 1, separable, plain),
-                         torch.nn.BatchNorm2d(out_channels),
+    def __init__(self, in_channels, out_channels, separable=False):
+        super().__init__(_conv(in_channels, out_channels, 4, 2, 1, separable),
+                         BatchStatsNorm2d(out_channels),
                          torch.nn.LeakyReLU(0.2, inplace=True))
 
 
@@ -119,13 +77,12 @@ class MiniDiscriminator(torch.nn.Module):
     same grid), then a final conv yields the logit map [N, 1, G, G] (G = grid_res - 3, or 1 for tiny grids).
     Width doubles per block, ending at `max_width` on the grid. With `c_dim > 0` it is a
     projection discriminator (Miyato & Koyama 2018): the final conv emits a `cmap_dim`-dim vector per position
-    that is dotted with an embedding of the label.
+    that is dotted with a spectral-normalised linear embedding of the label.
 
     forward(x [N, C, R, R], c [N, c_dim]) -> logits [N, G*G]
     """
 
-    def __init__(self, in_channels, in_res, grid_res, c_dim=0, cmap_dim=64, max_width=512, separable=False,
-                 plain=False):
+    def __init__(self, in_channels, in_res, grid_res, c_dim=0, cmap_dim=64, max_width=512, separable=False):
         super().__init__()
         sizes = [in_res]  # Spatial size after each strided block, down to the common grid.
         while sizes[-1] > grid_res:
@@ -137,16 +94,16 @@ class MiniDiscriminator(torch.nn.Module):
         # As in the paper, the projected features enter the first strided block directly (no stem conv).
         res, ch, layers = sizes[-1], in_channels, []
         for w in widths:
-            layers.append(DownBlock(ch, w, separable, plain))
+            layers.append(DownBlock(ch, w, separable))
             ch = w
         kernel = 4 if res >= 4 else res
         self.c_dim = c_dim
         self.cmap_dim = cmap_dim if c_dim > 0 else 1
-        layers.append(_conv(ch, self.cmap_dim, kernel, separable=separable, plain=plain))
+        layers.append(_conv(ch, self.cmap_dim, kernel, separable=separable))
         self.main = torch.nn.Sequential(*layers)
         self.grid = res - kernel + 1
         if c_dim > 0:
-            self.embed = spectral_norm(torch.nn.Linear(c_dim, cmap_dim))
+            self.embed = SNLinear(c_dim, cmap_dim)
 
     def forward(self, x, c=None):
         out = self.main(x)
@@ -154,6 +111,16 @@ class MiniDiscriminator(torch.nn.Module):
             cmap = self.embed(c.to(out.dtype))
             out = (out * cmap[:, :, None, None]).sum(dim=1, keepdim=True) / math.sqrt(self.cmap_dim)
         return out.flatten(1)
+
+
+# Constructor arguments of StyleGAN2-ADA's and StyleGAN3's Discriminator (and of their blocks, which some configs
+# flatten into D_kwargs) that those hosts' train.py put into D_kwargs. They configure a network this class does
+# not have, so they are accepted and ignored: the same D_kwargs then build either discriminator.
+HOST_KWARGS = frozenset({
+    "architecture", "channel_base", "channel_max", "num_fp16_res", "conv_clamp", "cmap_dim", "block_kwargs",
+    "mapping_kwargs", "epilogue_kwargs", "mbstd_group_size", "mbstd_num_channels", "activation", "resample_filter",
+    "freeze_layers", "use_fp16", "fp16_channels_last",
+})
 
 
 class ProjectedDiscriminator(torch.nn.Module):
@@ -168,18 +135,22 @@ class ProjectedDiscriminator(torch.nn.Module):
         feat_res:      backbone input size; default the model's own (224 for lite0).
         proj_type:     0 = raw features, 1 = CCM, 2 = CCM + CSM.
         proj_width, expand: CCM width of the finest level, doubled per level when `expand`.
+        proj_seed:     seed of the random CCM/CSM weights.
         num_discs:     1..4 mini-discriminators, on the finest `num_discs` levels.
         cond:          projection conditioning on `c` (needs c_dim > 0).
         separable:     depthwise-separable convs in the mini-discriminators.
         diffaug, diffaug_policy: DiffAugment applied to every image D sees, real or fake.
-        channels_last: run the backbone in channels_last memory format (None: auto = on; 1.1x faster D+G steps
-                       than NCHW on CPU at 1 and 2 threads, see docs/benchmarks.md).
-        bf16:          autocast the backbone to bfloat16 (None: auto, on for CUDA only; CPUs without native
-                       bf16 get slower, see docs/benchmarks.md).
-        plain:         the paper's discriminator written the obvious way, as the benchmarks' reference: the frozen
-                       backbone and CCM/CSM are ordinary `nn.Parameter`s that only the optimizer leaves alone (autograd
-                       computes and discards their gradients), BatchNorms unfolded, torch's `spectral_norm`, fp32,
-                       NCHW. Same function as the fast path, other state-dict keys. Not for training.
+        channels_last: run the backbone in channels_last memory format (None: auto = on; see docs/benchmarks.md
+                       for the measurements behind the default).
+        bf16:          autocast the backbone to bfloat16 (None: auto, on for CUDA only, since CPUs without native
+                       bf16 get slower; see docs/benchmarks.md).
+        **host_kwargs: StyleGAN2-ADA / StyleGAN3 Discriminator options (`HOST_KWARGS`: architecture,
+                       channel_base, ...) are ignored with one logged note; any other name raises TypeError.
+
+    The mini-discriminators' BatchNorms keep no running statistics (BatchStatsNorm2d): D normalises with batch
+    statistics in eval mode too, so its state is identical on every rank and cannot be poisoned by a bad batch.
+    The object pickles, deepcopies and `torch.save`s whole. For a reference implementation written the obvious
+    way, and the speed comparison, see benchmarks/reference_discriminator.py and docs/benchmarks.md.
 
     forward(img [N, C, H, W] in [-1, 1], c [N, c_dim]) -> logits [N, K], K = sum of the mini-Ds' grid sizes.
     """
@@ -187,8 +158,9 @@ class ProjectedDiscriminator(torch.nn.Module):
     def __init__(self, c_dim=0, img_resolution=None, img_channels=3, backbone="tf_efficientnet_lite0",
                  weights=None, pretrained=True, feat_res=None, proj_type=2, proj_width=64, expand=True,
                  proj_seed=0, num_discs=4, cond=False, separable=False, diffaug=True,
-                 diffaug_policy="color,translation,cutout", channels_last=None, bf16=None, plain=False):
+                 diffaug_policy="color,translation,cutout", channels_last=None, bf16=None, **host_kwargs):
         super().__init__()
+        _check_host_kwargs(host_kwargs)
         if not isinstance(num_discs, int) or not 1 <= num_discs <= 4:
             raise ValueError(f"num_discs={num_discs}: must be an integer from 1 to 4 (one per feature level)")
         if cond and not c_dim:
@@ -206,20 +178,18 @@ class ProjectedDiscriminator(torch.nn.Module):
         self.diffaug = bool(diffaug)
         self.diffaug_policy = diffaug_policy
         parse_policy(diffaug_policy)
-        self.plain = bool(plain)
-        self.channels_last = False if plain else (True if channels_last is None else bool(channels_last))
+        self.channels_last = True if channels_last is None else bool(channels_last)
         self.bf16 = bf16
         self._inputs_checked = 0
+        self._warned_nonfinite = False
         self._backbone_channels_last = False
 
         self.feature_network = FrozenFeatureNetwork(backbone, weights=weights, pretrained=pretrained,
-                                                    feat_res=feat_res, keep_parameters=plain)
-        self.projection = RandomProjection(self.feature_network.channels, proj_type, proj_width, expand, proj_seed,
-                                           as_parameters=plain)
+                                                    feat_res=feat_res)
+        self.projection = RandomProjection(self.feature_network.channels, proj_type, proj_width, expand, proj_seed)
         resolutions = self.feature_network.resolutions
         self.discs = torch.nn.ModuleList(
-            MiniDiscriminator(ch, res, grid_res=resolutions[-1], c_dim=c_dim if cond else 0, separable=separable,
-                              plain=plain)
+            MiniDiscriminator(ch, res, grid_res=resolutions[-1], c_dim=c_dim if cond else 0, separable=separable)
             for ch, res in zip(self.projection.out_channels[:num_discs], resolutions[:num_discs]))
 
     def train(self, mode=True):
@@ -236,18 +206,30 @@ class ProjectedDiscriminator(torch.nn.Module):
         if self.cond and (c is None or c.ndim != 2 or c.shape != (img.shape[0], self.c_dim)):
             raise ValueError(f"cond=True: expects labels c [N, {self.c_dim}] = [{img.shape[0]}, {self.c_dim}], "
                              f"got {None if c is None else list(c.shape)}")
-        # A value check costs a device sync, so only the first calls pay for it: enough to catch a [0, 255] data
-        # pipeline, while tolerating generators whose outputs are unbounded (StyleGAN2 at init reaches +-6).
+        # A value check costs a device sync, so on accelerators only the first calls pay for it: enough to catch a
+        # [0, 255] data pipeline, and the garbage a host's module summary feeds D (G applied to torch.empty
+        # latents), while tolerating generators whose outputs are unbounded (StyleGAN2 at init reaches +-6).
+        # On the CPU the check is free of syncs and negligible next to the backbone, so every batch gets it.
+        if self._inputs_checked >= 2 and img.device.type != "cpu":
+            return
+        img = img.detach()
+        if not torch.isfinite(img).all():
+            if not self._warned_nonfinite:
+                self._warned_nonfinite = True
+                warnings.warn("non-finite input to ProjectedDiscriminator (NaN or inf in the images): its logits for "
+                              "this batch are not finite. D keeps no running statistics, so later finite batches "
+                              "are unaffected. (Warned once per discriminator.)", RuntimeWarning, stacklevel=3)
+            return  # Not counted as a range check: the next finite batch still gets one.
         if self._inputs_checked < 2:
             self._inputs_checked += 1
-            lo, hi = img.detach().aminmax()
+            lo, hi = img.aminmax()
             if hi > 16 or lo < -16:
                 raise ValueError(f"ProjectedDiscriminator expects images in [-1, 1], got values in "
                                  f"[{lo.item():.3g}, {hi.item():.3g}]: scale uint8 images with x / 127.5 - 1")
 
     def _autocast(self, device):
         use_bf16 = (device.type == "cuda") if self.bf16 is None else self.bf16
-        if not use_bf16 or self.plain:
+        if not use_bf16:
             return contextlib.nullcontext()
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
@@ -270,3 +252,16 @@ class ProjectedDiscriminator(torch.nn.Module):
         self._check_inputs(img, c)
         feats = self.extract(img)
         return torch.cat([disc(f, c) for disc, f in zip(self.discs, feats)], dim=1)
+
+
+def _check_host_kwargs(host_kwargs):
+    unknown = sorted(k for k in host_kwargs if k not in HOST_KWARGS)
+    if unknown:
+        own = [p for p in inspect.signature(ProjectedDiscriminator.__init__).parameters
+               if p not in ("self", "host_kwargs")]
+        raise TypeError(f"ProjectedDiscriminator got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
+                        f"valid options: {', '.join(own)} (StyleGAN discriminator options that are accepted and "
+                        f"ignored: {', '.join(sorted(HOST_KWARGS))})")
+    if host_kwargs:
+        logger.info("ProjectedDiscriminator: ignoring StyleGAN discriminator options %s (they configure a network "
+                    "the projected discriminator does not have)", ", ".join(sorted(host_kwargs)))

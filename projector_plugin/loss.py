@@ -1,41 +1,88 @@
 """Hinge loss for a projected discriminator, as a drop-in `loss` object for StyleGAN-style training loops.
 
-Both host conventions are accepted:
-    loss.accumulate_gradients(phase, real_img, real_c, gen_z, gen_c, gain, cur_nimg)   # StyleGAN3
-    loss.accumulate_gradients(phase, real_img, real_c, gen_z, gen_c, sync, gain)       # StyleGAN2-ADA
+Both host conventions are accepted, for construction and for the step:
+    ProjectedGANLoss(device=, G=, D=, augment_pipe=, **loss_kwargs)                           # StyleGAN3, this repo
+    ProjectedGANLoss(device=, G_mapping=, G_synthesis=, D=, augment_pipe=, **loss_kwargs)     # StyleGAN2-ADA
+    loss.accumulate_gradients(phase, real_img, real_c, gen_z, gen_c, gain, cur_nimg)           # StyleGAN3
+    loss.accumulate_gradients(phase, real_img, real_c, gen_z, gen_c, sync, gain)               # StyleGAN2-ADA
+Modules may be DistributedDataParallel wrappers: they are called as given, so DDP all-reduces their gradients.
 Projected GANs need no R1 or path-length regularisation, so the 'Greg' and 'Dreg' phases do nothing.
 """
 
 import contextlib
+import difflib
 import importlib
 import inspect
+import logging
+import warnings
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .blur import gaussian_blur
+
+__all__ = ["ProjectedGANLoss", "gaussian_blur"]
+
+logger = logging.getLogger("projector_plugin")
+
 _PHASES = ("Gmain", "Greg", "Gboth", "Dmain", "Dreg", "Dboth")
 
-
-def gaussian_blur(img, sigma):
-    """Separable Gaussian blur with zero padding: img [N, C, H, W] -> same shape. No-op for sigma <= 0."""
-    radius = int(np.floor(sigma * 3))
-    if radius <= 0:
-        return img
-    taps = torch.arange(-radius, radius + 1, device=img.device, dtype=img.dtype)
-    f = torch.exp(-0.5 * (taps / sigma) ** 2)
-    f = f / f.sum()
-    c = img.shape[1]
-    img = F.conv2d(img, f.view(1, 1, 1, -1).repeat(c, 1, 1, 1), padding=(0, radius), groups=c)
-    return F.conv2d(img, f.view(1, 1, -1, 1).repeat(c, 1, 1, 1), padding=(radius, 0), groups=c)
+# Keyword arguments of the StyleGAN2Loss classes of StyleGAN3, StyleGAN2-ADA and this repo (and Projected GAN's
+# G_ema) that mean nothing for an unregularised hinge loss. They are accepted, so that a host config written for
+# those losses keeps working, and ignored. Mapped to the value that leaves them inactive (None: inert whatever
+# the value, they only tune a regulariser that is off).
+_IGNORED_HOST_KWARGS = {
+    "r1_gamma": 0, "style_mixing_prob": 0, "pl_weight": 0,
+    "pl_batch_shrink": None, "pl_decay": None, "pl_no_weight_grad": None, "G_ema": None,
+}
 
 
-def _accepts(fn, name):
+def _unwrap(module):
+    """The module inside a DistributedDataParallel / DataParallel wrapper; anything else as is."""
+    while isinstance(module, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+        module = module.module
+    return module
+
+
+def _parameters(fn):
+    """Signature parameters of a callable; of `forward` for a module (Module.__call__ takes *args, **kwargs)."""
+    target = _unwrap(fn)
+    if isinstance(target, torch.nn.Module):
+        target = target.forward
     try:
-        params = inspect.signature(fn).parameters
+        return inspect.signature(target).parameters
     except (TypeError, ValueError):
-        return False
-    return name in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+        return {}
+
+
+def _accepts(fn, name, var_keyword=False):
+    """Whether `fn` (a function or module) takes keyword `name`: by name, or via **kwargs when `var_keyword`.
+
+    **kwargs alone is weak evidence: StyleGAN2-ADA's synthesis network takes **block_kwargs and passes them on to
+    layers that reject `update_emas`, so callers only count it where the host's convention is known.
+    """
+    params = _parameters(fn)
+    if name in params and params[name].kind != inspect.Parameter.VAR_POSITIONAL:
+        return True
+    return var_keyword and any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _resolve_report(report):
+    """A dotted name such as 'torch_utils.training_stats.report' -> the callable it names."""
+    module_name, _, attr = report.rpartition(".")
+    if not module_name or not attr:
+        raise ValueError(f"ProjectedGANLoss(report='{report}'): expected a callable or a dotted name "
+                         f"'package.module.function', e.g. 'torch_utils.training_stats.report'")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ImportError(f"ProjectedGANLoss(report='{report}'): cannot import it from the training process "
+                          f"({type(err).__name__}: {err}); pass a callable, an importable dotted name, "
+                          f"or None for no statistics") from err
+    if not callable(fn):
+        raise TypeError(f"ProjectedGANLoss(report='{report}'): names a {type(fn).__name__}, not a function")
+    logger.info("ProjectedGANLoss: reporting statistics through %s", report)
+    return fn
 
 
 class ProjectedGANLoss:
@@ -43,36 +90,109 @@ class ProjectedGANLoss:
 
     Args:
         device:          torch device of the inputs.
-        G:               generator; `G.mapping(z, c)` + `G.synthesis(ws)` when it has them, else `G(z, c)`.
-        D:               discriminator, `D(img, c) -> logits` (normally a ProjectedDiscriminator).
-        blur_init_sigma: sigma (pixels) of a Gaussian blur of every D input at the start of training ...
+        G:               generator; `G.mapping(z, c)` + `G.synthesis(ws)` when it has them (and is not wrapped),
+                         else `G(z, c)`. `update_emas` is passed to each where its `forward` names it.
+        D:               discriminator, `D(img [N, C, H, W], c [N, c_dim]) -> logits [N, K]` (a
+                         ProjectedDiscriminator normally).
+        augment_pipe:    optional `augment_pipe(img) -> img` (the hosts' ADA) applied to every image D sees,
+                         real or fake, after the blur and before D's own DiffAugment.
+        G_mapping, G_synthesis: StyleGAN2-ADA's way of passing the generator, instead of `G`.
+        blur_init_sigma: blur of every D input at the start of training, StyleGAN3's parameterisation (taps
+                         2^(-(x/sigma)^2), i.e. a Gaussian of std sigma/sqrt(2 ln 2) pixels) ...
         blur_fade_kimg:  ... fading linearly to zero over this many thousand images (0 = no blur).
-        report:          `report(name, tensor)` for training statistics; None = the host's
-                         `torch_utils.training_stats.report` if it has one, else silent.
-    Unknown keyword arguments (a host's style_mixing_prob, pl_weight, r1_gamma, ...) are ignored so configs
-    written for StyleGAN2Loss keep working.
+        report:          where training statistics go: a callable `report(name, tensor)`, a dotted name of one
+                         (e.g. 'torch_utils.training_stats.report', imported at the first report), or None.
+        r1_gamma, style_mixing_prob, pl_weight, pl_batch_shrink, pl_decay, pl_no_weight_grad, G_ema:
+                         accepted for host configs written for StyleGAN2Loss, and ignored (with a warning where
+                         the value asks for a regulariser). Any other keyword is a TypeError.
     """
 
-    def __init__(self, device, G, D, blur_init_sigma=2, blur_fade_kimg=300, report=None, G_ema=None, **_ignored):
+    def __init__(self, device, G=None, D=None, augment_pipe=None, blur_init_sigma=2, blur_fade_kimg=300,
+                 report=None, G_mapping=None, G_synthesis=None, **host_kwargs):
+        unknown = sorted(k for k in host_kwargs if k not in _IGNORED_HOST_KWARGS)
+        if unknown:
+            own = [p for p in inspect.signature(ProjectedGANLoss.__init__).parameters if p not in ("self",
+                                                                                                      "host_kwargs")]
+            hints = {k: difflib.get_close_matches(k, own + list(_IGNORED_HOST_KWARGS), n=1) for k in unknown}
+            listed = ", ".join(f"'{k}'" + (f" (did you mean '{hints[k][0]}'?)" if hints[k] else "") for k in unknown)
+            raise TypeError(f"ProjectedGANLoss got unexpected keyword argument(s) {listed}; it accepts "
+                            f"{', '.join(own)}, and ignores {', '.join(_IGNORED_HOST_KWARGS)} (StyleGAN2Loss "
+                            f"options that a Projected GAN does not use)")
+        if G is not None and (G_mapping is not None or G_synthesis is not None):
+            raise TypeError("ProjectedGANLoss: pass either G (StyleGAN3 hosts) or G_mapping and G_synthesis "
+                            "(StyleGAN2-ADA hosts), not both")
+        if (G_mapping is None) != (G_synthesis is None):
+            raise TypeError("ProjectedGANLoss: G_mapping and G_synthesis must be passed together")
+        if report is not None and not callable(report) and not isinstance(report, str):
+            raise TypeError(f"ProjectedGANLoss: report must be a callable, a dotted name string or None, "
+                            f"got {type(report).__name__}")
+        if float(blur_init_sigma) < 0 or float(blur_fade_kimg) < 0:
+            raise ValueError(f"ProjectedGANLoss: blur_init_sigma ({blur_init_sigma}) and blur_fade_kimg "
+                             f"({blur_fade_kimg}) must be >= 0")
+
         self.device = torch.device(device)
         self.G = G
+        self.G_mapping = G_mapping
+        self.G_synthesis = G_synthesis
         self.D = D
+        self.augment_pipe = augment_pipe
         self.blur_init_sigma = float(blur_init_sigma)
         self.blur_fade_kimg = float(blur_fade_kimg)
         self._report = report
-        self._report_resolved = report is not None
         self._nimg = 0  # Images seen, for hosts (StyleGAN2-ADA) that do not pass cur_nimg.
+
+        # How to run G, decided once. A wrapped G is called whole: reaching into `.module.mapping` would bypass
+        # DDP and leave its gradients un-reduced.
+        if G_mapping is not None:
+            self._mapping, self._synthesis = G_mapping, G_synthesis
+        elif G is not None and G is _unwrap(G) and hasattr(G, "mapping") and hasattr(G, "synthesis"):
+            self._mapping, self._synthesis = G.mapping, G.synthesis
+        else:
+            self._mapping = self._synthesis = None
+        if self._mapping is not None:
+            self._mapping_emas = _accepts(self._mapping, "update_emas")
+            # StyleGAN3-style synthesis networks take update_emas through **layer_kwargs; StyleGAN2-ADA's take
+            # **block_kwargs too but reject it further down. Its mapping network tells the two apart.
+            self._synthesis_emas = _accepts(self._synthesis, "update_emas", var_keyword=self._mapping_emas)
+        else:
+            self._G_emas = G is not None and _accepts(G, "update_emas")
+
+        self._notes(host_kwargs)
+
+    def _notes(self, host_kwargs):
+        """One-time notes: warnings for what changes training against the user's expectation, info otherwise."""
+        if host_kwargs:
+            active = {k: v for k, v in host_kwargs.items()
+                      if _IGNORED_HOST_KWARGS[k] is not None and v not in (None, _IGNORED_HOST_KWARGS[k])}
+            listed = ", ".join(f"{k}={v!r}" for k, v in sorted(host_kwargs.items()) if k != "G_ema")
+            if active:
+                warnings.warn(f"ProjectedGANLoss ignores {', '.join(f'{k}={v!r}' for k, v in sorted(active.items()))}"
+                              f": Projected GANs train without R1, path-length regularisation or style mixing "
+                              f"(set them to 0 in the loss kwargs to silence this)", UserWarning, stacklevel=3)
+            elif listed:
+                logger.info("ProjectedGANLoss: ignoring StyleGAN2Loss options %s", listed)
+        if self.augment_pipe is not None:
+            logger.info("ProjectedGANLoss: applying augment_pipe (%s) to every image D sees, before D's own "
+                        "DiffAugment", type(_unwrap(self.augment_pipe)).__name__)
+            if self._report is None:
+                warnings.warn("ProjectedGANLoss got an augment_pipe but report=None: an ADA heuristic that reads "
+                              "'Loss/signs/real' from the host's statistics sees no data; pass "
+                              "report='torch_utils.training_stats.report'", UserWarning, stacklevel=3)
+        D = _unwrap(self.D)
+        c_dim, cond = getattr(D, "c_dim", 0), getattr(D, "cond", None)
+        if c_dim and cond is False:
+            warnings.warn(f"ProjectedGANLoss: the discriminator has c_dim={c_dim} but was built with cond=False, "
+                          f"so it ignores the labels and training is unconditional; pass cond=True in the D "
+                          f"kwargs for a class-conditional discriminator", UserWarning, stacklevel=3)
 
     # -- reporting ----------------------------------------------------------------------------------------------
     def report(self, name, value):
-        if not self._report_resolved:
-            self._report_resolved = True
-            try:  # The host's stats module, if this runs inside a StyleGAN-style codebase.
-                self._report = importlib.import_module("torch_utils.training_stats").report
-            except Exception:
-                self._report = None
-        if self._report is not None:
-            self._report(name, value)
+        """Send a statistic [N] or [N, K] to the `report` target (resolving a dotted name on first use)."""
+        if self._report is None:
+            return
+        if isinstance(self._report, str):
+            self._report = _resolve_report(self._report)
+        self._report(name, value)
 
     # -- building blocks ----------------------------------------------------------------------------------------
     def blur_sigma(self, cur_nimg):
@@ -80,21 +200,34 @@ class ProjectedGANLoss:
             return 0.0
         return max(1 - cur_nimg / (self.blur_fade_kimg * 1e3), 0.0) * self.blur_init_sigma
 
+    def _G_modules(self):
+        return [m for m in (self.G, self.G_mapping, self.G_synthesis) if m is not None]
+
     def run_G(self, z, c, update_emas=False):
-        G = self.G
-        kw = {"update_emas": update_emas}
-        if hasattr(G, "mapping") and hasattr(G, "synthesis"):
-            ws = G.mapping(z, c, **({k: v for k, v in kw.items() if _accepts(G.mapping, k)}))
-            return G.synthesis(ws, **({k: v for k, v in kw.items() if _accepts(G.synthesis, k)}))
-        return G(z, c)
+        """z [N, z_dim], c [N, c_dim] -> images [N, C, H, W]."""
+        if self._mapping is not None:
+            ws = self._mapping(z, c, **({"update_emas": update_emas} if self._mapping_emas else {}))
+            return self._synthesis(ws, **({"update_emas": update_emas} if self._synthesis_emas else {}))
+        if self.G is None:
+            raise TypeError("ProjectedGANLoss was built without a generator (G, or G_mapping and G_synthesis)")
+        return self.G(z, c, **({"update_emas": update_emas} if self._G_emas else {}))
 
     def run_D(self, img, c, blur_sigma=0.0):
-        return self.D(gaussian_blur(img, blur_sigma), c)
+        """img [N, C, H, W], c [N, c_dim] -> logits [N, K], after the blur and the host's augment_pipe."""
+        if self.D is None:
+            raise TypeError("ProjectedGANLoss was built without a discriminator (D)")
+        img = gaussian_blur(img, blur_sigma)
+        if self.augment_pipe is not None:
+            img = self.augment_pipe(img)
+        return self.D(img, c)
 
     # -- the step -----------------------------------------------------------------------------------------------
     def accumulate_gradients(self, phase, real_img, real_c, gen_z, gen_c, *args, gain=None, cur_nimg=None,
                              sync=None):
-        """Compute the phase's loss and call backward on it (scaled by `gain`). See the module docstring."""
+        """Compute the phase's loss and call backward on it (scaled by `gain`). See the module docstring.
+
+        real_img [N, C, H, W] in [-1, 1], real_c [N, c_dim], gen_z [N, z_dim], gen_c [N, c_dim].
+        """
         if phase not in _PHASES:
             raise ValueError(f"phase='{phase}': expected one of {_PHASES}")
         if len(args) >= 1 and isinstance(args[0], bool):  # StyleGAN2-ADA: (sync, gain)
@@ -112,9 +245,10 @@ class ProjectedGANLoss:
         if phase in ("Greg", "Dreg"):
             return  # No regularisation in Projected GANs.
         blur_sigma = self.blur_sigma(cur_nimg)
+        G_modules = self._G_modules()
 
         if phase in ("Gmain", "Gboth"):
-            with _ddp_sync(self.G, sync), _ddp_sync(self.D, False):
+            with _ddp_sync(G_modules, sync), _ddp_sync([self.D], False):
                 gen_img = self.run_G(gen_z, gen_c)
                 gen_logits = self.run_D(gen_img, gen_c, blur_sigma)
                 loss_G = (-gen_logits).mean()
@@ -123,29 +257,38 @@ class ProjectedGANLoss:
                 self.report("Loss/G/loss", loss_G)
                 # Gradients for G only: D's weights (trainable or not) never get .grad from this phase, even in
                 # hosts that do not toggle requires_grad per phase, and no time is spent computing them.
-                g_params = [p for p in self.G.parameters() if p.requires_grad]
+                g_params = [p for m in G_modules for p in m.parameters() if p.requires_grad]
                 if g_params:
                     loss_G.mul(gain).backward(inputs=g_params)
 
         if phase in ("Dmain", "Dboth"):
-            with _ddp_sync(self.D, sync):
-                with torch.no_grad():  # D's step never needs gradients through G.
-                    # detach(): no_grad does not strip requires_grad from a generator that returns a leaf tensor.
-                    gen_img = self.run_G(gen_z, gen_c, update_emas=True).detach()
+            with torch.no_grad(), _ddp_sync(G_modules, False):  # D's step never needs gradients through G.
+                # detach(): no_grad does not strip requires_grad from a generator that returns a leaf tensor.
+                gen_img = self.run_G(gen_z, gen_c, update_emas=True).detach()
+            # Two forward/backward pairs, fakes first without DDP's all-reduce: a DDP module must not run two
+            # synchronised forwards before one backward, and the accumulated gradient is reduced with the reals.
+            with _ddp_sync([self.D], False):
                 gen_logits = self.run_D(gen_img, gen_c, blur_sigma)
                 loss_fake = F.relu(1 + gen_logits).mean()
-                real_logits = self.run_D(real_img.detach(), real_c, blur_sigma)
-                loss_real = F.relu(1 - real_logits).mean()
                 self.report("Loss/scores/fake", gen_logits)
                 self.report("Loss/signs/fake", gen_logits.sign())
+                loss_fake.mul(gain).backward()
+            with _ddp_sync([self.D], sync):
+                real_logits = self.run_D(real_img.detach(), real_c, blur_sigma)
+                loss_real = F.relu(1 - real_logits).mean()
                 self.report("Loss/scores/real", real_logits)
                 self.report("Loss/signs/real", real_logits.sign())
-                self.report("Loss/D/loss", loss_fake + loss_real)
-                (loss_fake + loss_real).mul(gain).backward()
+                self.report("Loss/D/loss", loss_fake.detach() + loss_real.detach())
+                loss_real.mul(gain).backward()
 
 
-def _ddp_sync(module, sync):
-    """Skip DDP's gradient all-reduce when the host says so (StyleGAN2-ADA's `sync=False` rounds)."""
-    if sync is False and isinstance(module, torch.nn.parallel.DistributedDataParallel):
-        return module.no_sync()
-    return contextlib.nullcontext()
+@contextlib.contextmanager
+def _ddp_sync(modules, sync):
+    """Skip DDP's gradient all-reduce in the given modules when `sync` is False (also StyleGAN2-ADA's
+    `sync=False` rounds); None or True leaves DDP as it is."""
+    with contextlib.ExitStack() as stack:
+        if sync is False:
+            for m in modules:
+                if isinstance(m, torch.nn.parallel.DistributedDataParallel):
+                    stack.enter_context(m.no_sync())
+        yield

@@ -26,16 +26,11 @@ def _kaiming(shape, generator):
 class RandomConv(torch.nn.Module):
     """A conv2d with fixed random weights held as buffers. x [N, C_in, H, W] -> [N, C_out, H, W]."""
 
-    def __init__(self, in_channels, out_channels, kernel_size, generator, as_parameters=False):
+    def __init__(self, in_channels, out_channels, kernel_size, generator):
         super().__init__()
         self.padding = kernel_size // 2
-        weight = _kaiming((out_channels, in_channels, kernel_size, kernel_size), generator)
-        bias = torch.zeros(out_channels)
-        if as_parameters:  # The plain benchmark reference: ordinary, gradient-receiving parameters.
-            self.weight, self.bias = torch.nn.Parameter(weight), torch.nn.Parameter(bias)
-        else:
-            self.register_buffer("weight", weight)
-            self.register_buffer("bias", bias)
+        self.register_buffer("weight", _kaiming((out_channels, in_channels, kernel_size, kernel_size), generator))
+        self.register_buffer("bias", torch.zeros(out_channels))
 
     def forward(self, x):
         return F.conv2d(x, self.weight.to(x.dtype), self.bias.to(x.dtype), padding=self.padding)
@@ -49,14 +44,12 @@ class RandomProjection(torch.nn.Module):
         proj_type:   0 = raw features, 1 = CCM, 2 = CCM + CSM (paper default).
         width:       CCM output width of the finest level.
         expand:      True doubles the width per level (width * [1, 2, 4, 8]) as in the paper; False keeps it.
-        seed:        seed of the random weights.
-        as_parameters: hold the weights as `nn.Parameter`s (requires_grad=True) instead of buffers; only for the
-                     benchmark's plain reference, which computes and discards their gradients. Same state dict.
+        seed:        seed of the random weights (drawn from a local generator: the global RNG is untouched).
 
     forward(feats): list of 4 tensors [N, in_channels[i], R_i, R_i] -> list of 4 [N, out_channels[i], R_i, R_i].
     """
 
-    def __init__(self, in_channels, proj_type=PROJ_CCM_CSM, width=64, expand=True, seed=0, as_parameters=False):
+    def __init__(self, in_channels, proj_type=PROJ_CCM_CSM, width=64, expand=True, seed=0):
         super().__init__()
         if proj_type not in (PROJ_RAW, PROJ_CCM, PROJ_CCM_CSM):
             raise ValueError(f"proj_type={proj_type}: must be 0 (raw features), 1 (CCM) or 2 (CCM+CSM)")
@@ -67,11 +60,11 @@ class RandomProjection(torch.nn.Module):
         g = torch.Generator().manual_seed(seed)
         self.out_channels = [width * (2 ** i if expand else 1) for i in range(len(in_channels))]
         self.ccm = torch.nn.ModuleList(
-            RandomConv(c_in, c_out, 1, g, as_parameters) for c_in, c_out in zip(in_channels, self.out_channels))
+            RandomConv(c_in, c_out, 1, g) for c_in, c_out in zip(in_channels, self.out_channels))
         if proj_type == PROJ_CCM_CSM:
             # csm[i] carries level i+1 (deeper) up to level i's width.
             self.csm = torch.nn.ModuleList(
-                RandomConv(self.out_channels[i + 1], self.out_channels[i], 3, g, as_parameters)
+                RandomConv(self.out_channels[i + 1], self.out_channels[i], 3, g)
                 for i in range(len(in_channels) - 1))
 
     def forward(self, feats):

@@ -97,7 +97,8 @@ def test_concurrent_populate_is_atomic(tmp_path):
     assert not errors
     assert sorted(os.listdir(target)) == ["s0.cpp", "s1.cpp", "s2.cpp"]
     for f in files:
-        assert open(os.path.join(target, os.path.basename(f))).read() == open(f).read()
+        with open(os.path.join(target, os.path.basename(f))) as copied, open(f) as original:
+            assert copied.read() == original.read()
     assert os.listdir(tmp_path / "cache") == ["plugin-abc"]  # No temp dirs left behind.
 
 
@@ -144,9 +145,29 @@ def test_failed_build_degrades_to_reference_once(monkeypatch, caplog):
             assert custom_ops.get_plugin_or_none("fake_op_plugin", ["a.cu"], [], "/nowhere") is None
     assert calls == ["fake_op_plugin"]
     messages = [r.getMessage() for r in caplog.records]
-    assert len(messages) == 1 and messages[0].startswith("fake_op: CUDA extension unavailable") and "no nvcc" in messages[0]
+    assert len(messages) == 1 and messages[0].startswith("fake_op: CUDA extension unavailable")
+    assert "no nvcc" in messages[0]
     # CPU tensors never ask for the kernel.
     assert not custom_ops.cuda_kernel_usable(torch.zeros(1), lambda: pytest.fail("must not build for CPU tensors"))
+
+
+@pytest.mark.parametrize("verbose", ["none", "brief"])
+def test_build_messages_go_to_the_logger_not_stdout(tmp_path, private_cache, monkeypatch, caplog, capsys, verbose):
+    import torch.utils.cpp_extension as cpp_ext
+    src = _write(tmp_path / "a.cpp", "int f() { return 1; }\n")
+    sentinel = object()
+    monkeypatch.setattr(custom_ops, "missing_toolchain", lambda with_cuda: [])
+    monkeypatch.setattr(cpp_ext, "load", lambda **kwargs: sentinel)
+    with caplog.at_level(logging.INFO, logger="torch_utils.ops"):
+        assert custom_ops.get_plugin("logged_plugin", sources=[src], verbose=verbose) is sentinel
+    messages = [r.getMessage() for r in caplog.records if r.name == "torch_utils.ops"]
+    if verbose == "none":
+        assert messages == []
+    else:
+        assert len(messages) == 2 and all("'logged_plugin'" in m for m in messages)
+        assert "ready" in messages[1]
+    out, err = capsys.readouterr()  # (torch itself may write to stderr; we do not)
+    assert out == "" and "logged_plugin" not in err
 
 
 @pytest.mark.skipif(not has_cxx, reason="needs ninja and a C++ compiler")

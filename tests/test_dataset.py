@@ -35,7 +35,7 @@ def make_folder(root, images, labels=None, nested=True):
         names.append(name)
     if labels is not None:
         with open(os.path.join(root, 'dataset.json'), 'w') as f:
-            json.dump({'labels': [[n, l] for n, l in zip(names, labels)]}, f)
+            json.dump({'labels': [[n, lab] for n, lab in zip(names, labels)]}, f)
     return names
 
 
@@ -320,3 +320,28 @@ def test_sampler_rejects_bad_arguments():
         InfiniteSampler([1, 2], window_size=1.5)
     with pytest.raises(ValueError, match='empty'):
         InfiniteSampler([])
+
+
+def test_tiff_images_are_read(tmp_path):
+    images = random_images(2, res=8)
+    root = tmp_path / 'tif'
+    root.mkdir()
+    to_pil(images[0]).save(root / 'a.tif')
+    to_pil(images[1]).save(root / 'b.tiff')
+    ds = ImageFolderDataset(str(root))
+    assert len(ds) == 2 and ds.image_shape == [3, 8, 8]
+    np.testing.assert_array_equal(ds[0][0], images[0].transpose(2, 0, 1))
+    np.testing.assert_array_equal(ds[1][0], images[1].transpose(2, 0, 1))
+
+
+def test_symlinked_folders_are_read_once(tmp_path, caplog):
+    images = random_images(2, res=8)
+    root = tmp_path / 'data'
+    (root / 'sub').mkdir(parents=True)
+    to_pil(images[0]).save(root / 'a.png')
+    to_pil(images[1]).save(root / 'sub' / 'b.png')
+    os.symlink('..', root / 'sub' / 'loop')
+    with caplog.at_level('WARNING', logger='training.dataset'):
+        ds = ImageFolderDataset(str(root))
+    assert len(ds) == 2
+    assert any('already read; skipped' in r.getMessage() for r in caplog.records)

@@ -217,7 +217,8 @@ def test_palette_with_transparency_and_la(tmp_path):
 
     la = tmp_path / 'la'
     la.mkdir()
-    PIL.Image.fromarray(np.dstack([np.full((4, 4), 40, np.uint8), np.full((4, 4), 0, np.uint8)]), 'LA').save(la / 'a.png')
+    la_pixels = np.dstack([np.full((4, 4), 40, np.uint8), np.full((4, 4), 0, np.uint8)])
+    PIL.Image.fromarray(la_pixels, 'LA').save(la / 'a.png')
     PIL.Image.fromarray(np.full((4, 4), 40, np.uint8), 'L').save(la / 'b.png')
     ok('--source', la, '--dest', tmp_path / 'la.zip')
     ds, images, _ = load(tmp_path / 'la.zip')
@@ -443,3 +444,121 @@ def test_command_line_exit_code(tmp_path):
     bad = subprocess.run([sys.executable, os.path.join(REPO, 'dataset_tool.py'), f'--source={src}',
                           f'--dest={tmp_path / "a.zip"}'], capture_output=True, text=True, cwd=tmp_path)
     assert bad.returncode != 0 and 'a.zip: already exists' in bad.stderr
+
+
+# ----------------------------------------------------------------------------
+# Hostile or damaged input: a clear error naming the file/option, or a skip with a warning; never duplicates.
+
+
+@pytest.mark.parametrize('value', ['99999999999x99999999999', '16385x16385', '9' * 5000])
+def test_resolution_above_the_upper_bound_is_an_option_error(tmp_path, value):
+    src = make_good_folder(tmp_path / 'src')
+    dest = tmp_path / 'out.zip'
+    result = run_tool('--source', src, '--dest', dest, f'--resolution={value}')
+    assert result.exit_code == 2, result.output
+    assert "'--resolution'" in result.output and 'at most 16384x16384' in result.output
+    assert 'Traceback' not in result.output and not dest.exists()
+    with pytest.raises(dataset_tool.DatasetToolError, match='1..16384'):
+        dataset_tool.convert_dataset(str(src), str(dest), resolution=(20000, 20000), log=io.StringIO())
+
+
+def test_symlink_loop_is_followed_once_with_a_warning(tmp_path):
+    src = make_good_folder(tmp_path / 'src', n=2)
+    (src / 'sub').mkdir()
+    PIL.Image.fromarray(rand_rgb(7)).save(src / 'sub' / 'x.png')
+    os.symlink('..', src / 'sub' / 'loop')     # sub/loop -> src: would list src again and again
+    os.symlink('sub', src / 'again')           # a second link to a folder that is read anyway
+    result = ok('--source', src, '--dest', tmp_path / 'out.zip')
+    assert result.output.count('which is already read; skipped') == 2, result.output
+    assert 'loop' in result.output and 'again' in result.output
+    ds, images, _ = load(tmp_path / 'out.zip')
+    assert len(ds) == 3  # 0.png, 1.png, sub/x.png, each once
+    assert len({img.tobytes() for img in images}) == 3
+    assert len(ImageFolderDataset(str(src))) == 3  # the loader walks folders the same way
+
+
+def test_truncated_cifar_tarball_names_the_file(tmp_path):
+    rnd = np.random.RandomState(2)
+    src = tmp_path / 'cifar-10-python.tar.gz'
+    with tarfile.open(src, 'w:gz') as tar:
+        for k in (1, 2):
+            blob = pickle.dumps({b'data': rnd.randint(0, 256, (40, 3072), dtype=np.uint8), b'labels': [1] * 40},
+                                protocol=2)
+            info = tarfile.TarInfo(f'cifar-10-batches-py/data_batch_{k}')
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    data = src.read_bytes()
+    src.write_bytes(data[:len(data) // 2])
+    dest = tmp_path / 'c.zip'
+    out = failed(str(dest), '--source', src, '--dest', dest)
+    assert 'Aborted' not in out and f'{src}: cannot read tar archive, truncated or damaged?' in out, out
+
+
+def _dead_pid():
+    proc = subprocess.Popen([sys.executable, '-c', 'pass'])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_partial_outputs_of_a_killed_run_are_removed(tmp_path):
+    src = make_good_folder(tmp_path / 'src', n=2)
+    dead = _dead_pid()
+    stale_zip = tmp_path / f'.out.zip.{dead}.k1ll3d_x.partial'
+    stale_zip.write_bytes(b'PK half a zip')
+    live = tmp_path / f'.out.zip.{os.getpid()}.st1ll_wr1t1ng.partial'  # a writer that is still running
+    live.write_bytes(b'PK')
+    other = tmp_path / f'.other.zip.{dead}.abcdefgh.partial'  # belongs to another --dest
+    other.write_bytes(b'PK')
+    result = ok('--source', src, '--dest', tmp_path / 'out.zip')
+    assert f'removed {stale_zip}' in result.output
+    assert not stale_zip.exists() and live.exists() and other.exists()
+    assert len(ImageFolderDataset(str(tmp_path / 'out.zip'))) == 2
+
+    stale_dir = tmp_path / f'.outdir.{dead}.abcd_123.partial'
+    (stale_dir / '00000').mkdir(parents=True)
+    (stale_dir / '00000' / 'img00000000.png').write_bytes(b'half')
+    ok('--source', src, '--dest', tmp_path / 'outdir')
+    assert not stale_dir.exists() and len(ImageFolderDataset(str(tmp_path / 'outdir'))) == 2
+
+
+def test_partial_output_name_carries_the_writer_pid(tmp_path, monkeypatch):
+    src = make_good_folder(tmp_path / 'src', n=3)
+    seen = []
+    real_encode = dataset_tool.encode_png
+
+    def look_then_interrupt(*args, **kwargs):
+        seen.extend(n for n in os.listdir(tmp_path) if n.endswith('.partial'))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dataset_tool, 'encode_png', look_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        dataset_tool.convert_dataset(str(src), str(tmp_path / 'out.zip'), log=io.StringIO())
+    monkeypatch.setattr(dataset_tool, 'encode_png', real_encode)
+    assert seen and all(n.startswith(f'.out.zip.{os.getpid()}.') for n in seen), seen
+
+
+def test_zip_members_with_absolute_or_parent_paths_are_skipped_with_a_warning(tmp_path):
+    src = tmp_path / 'src.zip'
+    with zipfile.ZipFile(src, 'w') as z:
+        for i, name in enumerate(['ok/a.png', '/abs.png', '../up.png', 'ok/../../esc.png', 'C:/drive.png']):
+            buf = io.BytesIO()
+            PIL.Image.fromarray(rand_rgb(i)).save(buf, format='PNG')
+            z.writestr(zipfile.ZipInfo(name), buf.getvalue())
+    assert '/abs.png' in zipfile.ZipFile(src).namelist()  # the archive really holds an absolute name
+    result = ok('--source', src, '--dest', tmp_path / 'out.zip')
+    for name in ('/abs.png', '../up.png', 'ok/../../esc.png', 'C:/drive.png'):
+        assert f'skipped member "{name}"' in result.output, result.output
+    ds, images, _ = load(tmp_path / 'out.zip')
+    assert len(ds) == 1
+    np.testing.assert_array_equal(images[0], rand_rgb(0).transpose(2, 0, 1))
+
+
+def test_tiff_sources_are_accepted(tmp_path):
+    src = tmp_path / 'src'
+    src.mkdir()
+    PIL.Image.fromarray(rand_rgb(0)).save(src / 'a.tif')
+    PIL.Image.fromarray(rand_rgb(1)).save(src / 'b.TIFF')
+    ok('--source', src, '--dest', tmp_path / 'out.zip')
+    ds, images, _ = load(tmp_path / 'out.zip')
+    assert len(ds) == 2
+    np.testing.assert_array_equal(images[1], rand_rgb(1).transpose(2, 0, 1))

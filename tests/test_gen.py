@@ -1,5 +1,6 @@
 """gen_images.py and gen_video.py on snapshots of freshly initialized tiny generators (no training needed)."""
 
+import errno
 import os
 
 import numpy as np
@@ -10,6 +11,7 @@ from click.testing import CliRunner
 
 import gen_images
 import gen_video
+from torch_utils import util
 from training import snapshot
 
 
@@ -152,3 +154,165 @@ def test_best_pointer_as_network(tmp_path, snaps):
         assert r.exit_code == 2, r.output
         assert "network-snapshot-000002.500.pt" in r.output and "does not exist" in r.output
     assert not (tmp_path / "gone").exists() and not (tmp_path / "gone.gif").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: one clear error naming the option, non-zero exit, nothing written.
+
+
+def _error_lines(output):
+    return [line for line in output.splitlines() if line.startswith("Error")]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_truncation_is_rejected(tmp_path, snaps, value):
+    out = tmp_path / "o"
+    r = CliRunner().invoke(gen_images.main, [f"--network={snaps['uncond']}", "--seeds=0", f"--outdir={out}",
+                                             f"--trunc={value}"])
+    assert r.exit_code == 2 and "'--trunc'" in r.output and "not a finite number" in r.output, r.output
+    assert not out.exists()
+    r = CliRunner().invoke(gen_video.main, [f"--network={snaps['uncond']}", "--seeds=0-1",
+                                            f"--output={tmp_path / 'v.gif'}", f"--trunc={value}"])
+    assert r.exit_code == 2 and "'--trunc'" in r.output, r.output
+    assert not (tmp_path / "v.gif").exists()
+
+
+def test_seeds_beyond_numpy_range_are_rejected_and_the_last_valid_seed_works(tmp_path, snaps):
+    for main, extra in ((gen_images.main, [f"--outdir={tmp_path / 'o'}"]),
+                        (gen_video.main, [f"--output={tmp_path / 'v.gif'}"])):
+        r = CliRunner().invoke(main, [f"--network={snaps['uncond']}", "--seeds=1,4294967296", *extra])
+        assert r.exit_code == 2 and "'--seeds'" in r.output, r.output
+        assert "seed 4294967296 is out of range" in r.output and "4294967295" in r.output
+        assert "Traceback" not in r.output
+    assert not (tmp_path / "o").exists() and not (tmp_path / "v.gif").exists()
+    r = _run(gen_images.main, [f"--network={snaps['uncond']}", "--seeds=4294967295", f"--outdir={tmp_path / 'o'}"])
+    assert r.exit_code == 0, r.output
+    assert _png(tmp_path / "o" / "seed4294967295.png").shape == (32, 32, 3)
+
+
+def test_output_paths_of_the_wrong_kind(tmp_path, snaps):
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("keep me")
+    r = CliRunner().invoke(gen_images.main, [f"--network={snaps['uncond']}", "--seeds=0", f"--outdir={a_file}"])
+    assert r.exit_code == 2 and "'--outdir'" in r.output and "is a file, not a directory" in r.output, r.output
+    r = CliRunner().invoke(gen_images.main, [f"--network={snaps['uncond']}", "--seeds=0",
+                                             f"--outdir={a_file / 'sub'}"])
+    assert r.exit_code == 2 and "'--outdir'" in r.output and "is a file" in r.output, r.output
+    assert a_file.read_text() == "keep me"
+    folder = tmp_path / "video.gif"
+    folder.mkdir()
+    r = CliRunner().invoke(gen_video.main, [f"--network={snaps['uncond']}", "--seeds=0-1", f"--output={folder}"])
+    assert r.exit_code == 2 and "'--output'" in r.output and "is a directory" in r.output, r.output
+    assert os.listdir(folder) == []
+
+
+def test_snapshot_missing_a_tensor_is_one_clear_line(tmp_path, snaps):
+    data = torch.load(snaps["uncond"], weights_only=True)
+    dropped = sorted(data["G_ema"])[0]
+    del data["G_ema"][dropped]
+    if "checksum" in data:  # a consistent file that lacks a tensor, not a damaged one
+        data["checksum"] = snapshot.content_digest(data)
+    broken = tmp_path / "broken.pt"
+    torch.save(data, broken)
+    for main, extra in ((gen_images.main, [f"--outdir={tmp_path / 'o'}"]),
+                        (gen_video.main, [f"--output={tmp_path / 'v.gif'}"])):
+        r = CliRunner().invoke(main, [f"--network={broken}", "--seeds=0-1", *extra])
+        assert r.exit_code == 2 and "'--network'" in r.output, r.output
+        (line,) = _error_lines(r.output)
+        assert str(broken) in line and dropped in line, line
+        assert "Traceback" not in r.output
+    assert not (tmp_path / "o").exists() and not (tmp_path / "v.gif").exists()
+
+
+class _FullDiskFile:
+    """A file object whose writes fail as on a full disk."""
+
+    def __init__(self, f):
+        self._f = f
+
+    def write(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+
+def _fill_disk_after(monkeypatch, files_ok):
+    """From the (files_ok + 1)-th atomic write on, every write fails with ENOSPC."""
+    real_fdopen = util.os.fdopen
+    count = [0]
+
+    def fdopen(fd, *args, **kwargs):
+        f = real_fdopen(fd, *args, **kwargs)
+        count[0] += 1
+        return f if count[0] <= files_ok else _FullDiskFile(f)
+
+    monkeypatch.setattr(util.os, "fdopen", fdopen)
+
+
+def test_disk_full_leaves_earlier_images_intact_and_no_partial_file(tmp_path, snaps, monkeypatch):
+    ref = tmp_path / "ref"
+    assert _run(gen_images.main, [f"--network={snaps['uncond']}", "--seeds=0-3", f"--outdir={ref}"]).exit_code == 0
+    out = tmp_path / "out"
+    _fill_disk_after(monkeypatch, 2)
+    r = CliRunner().invoke(gen_images.main, [f"--network={snaps['uncond']}", "--seeds=0-3", f"--outdir={out}"])
+    assert r.exit_code == 1, r.output
+    (line,) = _error_lines(r.output)
+    assert line == f"Error: no space left on device at {os.path.join(str(out), 'seed0002.png')}", line
+    assert sorted(os.listdir(out)) == ["seed0000.png", "seed0001.png"]  # no 0-byte or temporary files
+    for seed in (0, 1):
+        assert np.array_equal(_png(out / f"seed{seed:04d}.png"), _png(ref / f"seed{seed:04d}.png"))
+
+
+def test_disk_full_while_writing_a_video_leaves_no_file(tmp_path, snaps, monkeypatch):
+    out = tmp_path / "v.gif"
+    _fill_disk_after(monkeypatch, 0)
+    r = CliRunner().invoke(gen_video.main, [f"--network={snaps['uncond']}", "--seeds=0-1", "--frames=2",
+                                            f"--output={out}"])
+    assert r.exit_code == 1, r.output
+    (line,) = _error_lines(r.output)
+    assert line == f"Error: no space left on device at {out}", line
+    assert os.listdir(tmp_path) == []
+
+
+def test_generation_clis_do_not_import_each_other_or_the_training_loop():
+    import subprocess
+    import sys
+
+    code = "import sys, gen_video; print('training.training_loop' in sys.modules, 'gen_images' in sys.modules)"
+    repo = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False False"
+    for name in ("gen_images.py", "gen_video.py"):
+        with open(os.path.join(repo, name)) as f:
+            text = f.read()
+        assert "training_loop" not in text and "from gen_images" not in text and "import gen_images" not in text
+
+
+class TinyGenerator(__import__("training.networks_fastgan", fromlist=["Generator"]).Generator):
+    """A network class outside the toolkit's allow-list (it lives in a test module)."""
+
+
+def test_allow_class_lets_a_snapshot_build_a_class_the_user_names(tmp_path):
+    name = f"{TinyGenerator.__module__}.TinyGenerator"
+    net = dict(class_name=name, z_dim=32, w_dim=32, ngf=4, lite=True, c_dim=0, img_resolution=32, img_channels=3)
+    G = snapshot.build_network(net, extra_classes=[name])
+    path = str(tmp_path / "custom.pt")
+    snapshot.save_snapshot(path, networks={"G": net}, G=G, G_ema=G)
+    for main, extra in ((gen_images.main, [f"--outdir={tmp_path / 'o'}"]),
+                        (gen_video.main, [f"--output={tmp_path / 'v.gif'}", "--frames=2"])):
+        r = CliRunner().invoke(main, [f"--network={path}", "--seeds=0-1", *extra])
+        assert r.exit_code == 2 and "'--network'" in r.output, r.output
+        (line,) = _error_lines(r.output)
+        assert f"--allow-class={name}" in line, line
+        r = _run(main, [f"--network={path}", "--seeds=0-1", f"--allow-class={name}", *extra])
+        assert r.exit_code == 0, r.output
+    assert sorted(os.listdir(tmp_path / "o")) == ["seed0000.png", "seed0001.png"]
+    assert PIL.Image.open(tmp_path / "v.gif").n_frames == 4

@@ -6,6 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import projector_plugin
+from torch_utils.ops import conv2d_gradfix
 from training import loss as loss_module
 from training.loss import StyleGAN2Loss
 
@@ -238,6 +240,39 @@ def test_path_length_penalty_and_ema():
     assert loss.pl_mean != before
 
 
+@pytest.mark.parametrize('fused', [False, True], ids=['modconv', 'fused-modconv'])
+def test_path_length_runs_under_no_weight_gradients_with_the_same_result(fused, monkeypatch):
+    """pl_no_weight_grad really switches conv2d_gradfix (no swallowed import) and changes no gradient,
+    also for fused modulated convs, whose weights depend on ws."""
+    from training.networks_stylegan2 import Generator
+    entered = []
+    real_context = conv2d_gradfix.no_weight_gradients
+
+    def recording_context(disable=True):
+        entered.append(disable)
+        return real_context(disable)
+
+    monkeypatch.setattr(conv2d_gradfix, 'no_weight_gradients', recording_context)
+    results = []
+    for flag in (False, True):
+        torch.manual_seed(0)
+        G = Generator(z_dim=8, c_dim=0, w_dim=8, img_resolution=RES, img_channels=3, channel_base=32, channel_max=8,
+                      num_fp16_res=0, conv_clamp=None, mapping_kwargs=dict(num_layers=1),
+                      fused_modconv_default=fused)
+        loss = StyleGAN2Loss('cpu', G, ToyD(), pl_weight=2.0, pl_no_weight_grad=flag, report=Recorder())
+        torch.manual_seed(1)
+        z = torch.randn([4, 8])
+        c = torch.zeros([4, 0])
+        loss.accumulate_gradients('Greg', None, c, z, c, gain=1, cur_nimg=0)
+        results.append(dict(G.named_parameters()))
+        results[-1] = {name: p.grad.clone() for name, p in results[-1].items() if p.grad is not None}
+    assert entered == [False, True]
+    assert results[0].keys() == results[1].keys()
+    assert any('conv' in name and 'weight' in name for name in results[1])  # conv weights get PL gradients
+    for name in results[0]:
+        torch.testing.assert_close(results[1][name], results[0][name], msg=lambda m, name=name: f'{name}: {m}')
+
+
 def test_style_mixing_takes_a_suffix_of_ws_from_a_second_latent():
     G, D, loss, rec = make(num_ws=6, style_mixing_prob=1.0)
     _, c, z, _ = batch()
@@ -275,14 +310,35 @@ def test_blur_schedule_and_gaussian_blur():
     _, _, loss0, _ = make(blur_init_sigma=4, blur_fade_kimg=0)
     assert loss0.blur_sigma(0) == 0
 
+    # One blur for both losses: the host uses the plugin's (StyleGAN3's kernel), not a copy.
+    assert loss_module.gaussian_blur is projector_plugin.gaussian_blur
     const = torch.full([1, 3, 16, 16], 0.3)
-    torch.testing.assert_close(loss_module.gaussian_blur(const, 2.0), const)  # reflect pad: no dark borders
+    blurred = loss_module.gaussian_blur(const, 2.0)
+    torch.testing.assert_close(blurred[:, :, 6:10, 6:10], const[:, :, 6:10, 6:10])  # normalised kernel
     x = torch.randn([2, 3, 16, 16])
     y = loss_module.gaussian_blur(x, 1.0)
     assert y.shape == x.shape and y.std() < 0.6 * x.std()
     torch.testing.assert_close(y.mean(dim=[2, 3]), x.mean(dim=[2, 3]), atol=0.05, rtol=0)
     assert loss_module.gaussian_blur(x, 0.2) is x  # support < 1 pixel: identity
     assert loss_module.gaussian_blur(torch.randn(1, 1, 4, 4), 5.0).shape == (1, 1, 4, 4)
+
+    # D sees exactly the shared blur of its input at the scheduled sigma.
+    seen = []
+    _, _, loss, _ = make(blur_init_sigma=2, blur_fade_kimg=10, D_cls=lambda: RecordingD(seen))
+    real, c, _, _ = batch()
+    loss.accumulate_gradients('Dreg', real, c, None, c, gain=1, cur_nimg=5000)
+    torch.testing.assert_close(seen[0], projector_plugin.gaussian_blur(real, 1.0))
+    assert not torch.allclose(seen[0], real)
+
+
+class RecordingD(ToyD):
+    def __init__(self, seen):
+        super().__init__()
+        self.seen = seen
+
+    def forward(self, img, c):
+        self.seen.append(img.detach().clone())
+        return super().forward(img, c)
 
 
 def test_reports_every_documented_statistic():

@@ -52,10 +52,11 @@ def folders(tmp_path_factory):
 
 
 class BlockMeans(FeatureDetector):
-    """Stand-in detector: 2x2 block means per channel, in [0, 1] -> [N, 12]. Counts its calls."""
+    """Stand-in detector: 2x2 block means per channel, in [0, 1] -> [N, 12]. Counts its calls and images."""
 
     feature_dim = 12
     calls = 0
+    images = 0
     builds = []
 
     def __init__(self, name):
@@ -66,6 +67,7 @@ class BlockMeans(FeatureDetector):
 
     def forward(self, images):
         BlockMeans.calls += 1
+        BlockMeans.images += len(images)
         return F.adaptive_avg_pool2d(self.prepare(images), 2).flatten(1) * self.scale
 
     def logits(self, images):  # A "classifier" for the IS plumbing: 12 classes.
@@ -77,7 +79,7 @@ def toy(monkeypatch):
     """Route every registered detector name to BlockMeans; reset counters and the detector cache."""
     for name in ("inception", "dinov2_vitl14", "clip_vitb32"):
         monkeypatch.setitem(detectors._FACTORIES, name, lambda _n=name, **kw: BlockMeans(_n))
-    BlockMeans.calls, BlockMeans.builds = 0, []
+    BlockMeans.calls, BlockMeans.images, BlockMeans.builds = 0, 0, []
     detectors.clear_cache()
     yield BlockMeans
     detectors.clear_cache()
@@ -256,6 +258,142 @@ def test_report_metric_appends_json_lines(tmp_path):
 
 
 # ----------------------------------------------------------------------------
+# One evaluation of several metrics: shared generated images and real statistics.
+
+SHARED = ["fid20_full", "kid12_full", "pr16_full", "fid12", "kid20", "is20", "fd_dinov2_16_full"]
+
+
+def _reference_per_metric(name, opts):
+    """The metric computed by its own module on its own embeddings (no sharing): the reference."""
+    from metrics import frechet_distance, inception_score, kernel_inception_distance, precision_recall
+    spec = metric_main.parse_metric(name)
+    n, max_real = spec["num_gen"], (None if spec["full"] else spec["num_gen"])
+    if spec["kind"] == "fd":
+        return {name: frechet_distance.compute_fd(opts, metric_main.FD_DETECTORS[spec["family"]], max_real, n)}
+    if spec["kind"] == "kid":
+        return {name: kernel_inception_distance.compute_kid(opts, max_real, n)}
+    if spec["kind"] == "pr":
+        p, r = precision_recall.compute_pr(opts, max_real, n, nhood_size=spec["nhood_size"])
+        return {f"{name}_precision": p, f"{name}_recall": r}
+    mean, std = inception_score.compute_is(opts, n)
+    return {f"{name}_mean": mean, f"{name}_std": std}
+
+
+def test_shared_evaluation_equals_per_metric_evaluations(toy, folders, tmp_path):
+    kw = dict(dataset_kwargs=dict(path=folders["A"]), cache_dir=str(tmp_path), batch_size=8, cache=False,
+              G_kwargs=dict(noise_mode="const"))
+    G = ToyGenerator()
+    shared = metric_main.calc_metrics(SHARED + ["kid12_full"], G=G, **kw)  # A duplicate is evaluated once.
+    assert [r["metric"] for r in shared] == SHARED
+    shared_forwards, shared_images = len(G.seen_c), toy.images
+    # Generated side: ceil(20 / 8) = 3 batches of G, embedded once by each of the three embeddings (inception
+    # features for FID/KID/PR, inception logits for the IS, dinov2 for FD_DINOv2 with 16 images: 2 batches).
+    # Real side: every (detector, count) once: inception all 30 (FID/KID/PR _full), 12 (fid12), 20 (kid20),
+    # dinov2 all 30.
+    assert shared_forwards == 3
+    assert shared_images == (3 * 8 + 3 * 8 + 2 * 8) + (30 + 12 + 20 + 30)
+
+    per_metric, G2 = [], ToyGenerator()
+    toy.images = 0
+    for name in SHARED:
+        per_metric.append(metric_main.calc_metric(name, G=G2, **kw))
+    # Separately, each metric generates its own images and embeds the real data again.
+    batches = [-(-metric_main.parse_metric(m)["num_gen"] // 8) for m in SHARED]
+    assert len(G2.seen_c) == sum(batches) == 17
+    assert toy.images == sum(8 * b for b in batches) + (30 + 30 + 30 + 12 + 20 + 30)
+
+    opts = metric_utils.MetricOptions(G=ToyGenerator(), device=torch.device("cpu"), **kw)
+    for name, s, p in zip(SHARED, shared, per_metric):
+        assert s["results"] == p["results"], name  # Exactly equal: the same images, batches and sums.
+        assert s["results"] == _reference_per_metric(name, opts), name
+        assert all(np.isfinite(v) for v in s["results"].values())
+    # The prefix rule matters: a smaller count of the same metric differs from the larger one.
+    assert shared[0]["results"]["fid20_full"] != metric_main.calc_metric("fid12_full", G=G2, **kw)["results"][
+        "fid12_full"]
+
+
+def test_shared_evaluation_of_a_second_dataset_equals_per_metric(toy, folders, tmp_path):
+    kw = dict(dataset_kwargs=dict(path=folders["A"]), dataset2_kwargs=dict(path=folders["B"]),
+              cache_dir=str(tmp_path), batch_size=8, cache=False)
+    names = ["fid13", "kid13", "pr13", "fid20_full", "kid20_full"]
+    shared = metric_main.calc_metrics(names, **kw)
+    # Subsets of the second dataset depend on the count, so (detector, count) is the unit of sharing:
+    # inception on 13 of A + 13 of B, then all 30 of A + 20 of B.
+    assert toy.images == 13 + 13 + 30 + 20
+    for name, s in zip(names, shared):
+        assert s["results"] == metric_main.calc_metric(name, **kw)["results"], name
+
+
+def test_metric_minimum_counts():
+    for name, minimum in (("fid1_full", 2), ("fd_dinov2_1_full", 2), ("kid1", 2), ("pr3_full", 4),
+                          ("pr2", 4), ("is9", 10)):
+        spec = metric_main.parse_metric(name)
+        assert metric_main.min_count(spec)[0] == minimum
+        with pytest.raises(MetricError, match=f"metric '{name}': .* needs at least {minimum} images"):
+            metric_main.validate_metric(name)
+        assert not metric_main.is_valid_metric(name)
+    with pytest.raises(MetricError, match=r"FID needs at least 2 images, got 1 \(a covariance needs at least 2 "
+                                          r"samples; with fewer images than the feature dimension"):
+        metric_main.validate_metric("fid1_full")
+    with pytest.raises(MetricError, match="k must be at least 1"):
+        metric_main.validate_metric("pr50k0_full")
+    for name in ("fid2_full", "kid2", "pr4_full", "pr5k5", "is10", "fid50k_full"):
+        assert metric_main.min_count(metric_main.parse_metric(name))[0] <= metric_main.parse_metric(name)["num_gen"]
+        assert metric_main.is_valid_metric(name) and metric_main.validate_metric(name)["num_gen"] > 0
+
+
+def test_too_few_images_are_refused_before_any_work(toy, tmp_path):
+    one = write_folder(tmp_path / "one", 1, seed=10, brightness=30)
+    three = write_folder(tmp_path / "three", 3, seed=11, brightness=30)
+    kw = dict(cache_dir=str(tmp_path), batch_size=8)
+    with pytest.raises(MetricError, match="must be positive"):
+        metric_main.calc_metric("fid0_full", G=ToyGenerator(), dataset_kwargs=dict(path=three), **kw)
+    with pytest.raises(MetricError, match="FID needs at least 2 images, got 1"):
+        metric_main.calc_metric("fid1_full", G=ToyGenerator(), dataset_kwargs=dict(path=three), **kw)
+    # The real side too: a '_full' metric over a dataset smaller than the minimum.
+    with pytest.raises(MetricError, match=r"metric 'fid2_full': dataset .*one has 1 images, but FID needs at least 2"):
+        metric_main.calc_metric("fid2_full", G=ToyGenerator(), dataset_kwargs=dict(path=one), **kw)
+    with pytest.raises(MetricError, match=r"'pr4_full': dataset .*three has 3 images, but precision/recall needs at "
+                                          r"least 4"):
+        metric_main.calc_metrics(["fid2_full", "pr4_full"], G=ToyGenerator(), dataset_kwargs=dict(path=three), **kw)
+    assert toy.calls == 0
+
+
+def test_report_metric_disk_full_keeps_earlier_lines(tmp_path, monkeypatch):
+    import errno
+
+    from torch_utils.util import DiskFullError
+
+    run_dir = tmp_path / "run"
+    result = dict(results=dict(fid50k_full=12.5), metric="fid50k_full", total_time=3.0, total_time_str="3s",
+                  num_gpus=1)
+    metric_main.report_metric(result, run_dir=str(run_dir))
+    path = run_dir / "metric-fid50k_full.jsonl"
+    before = path.read_bytes()
+    real_write = os.write
+
+    def half_then_full(fd, data):  # The disk fills up in the middle of the line.
+        real_write(fd, data[:len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(metric_main, "_write_all", half_then_full)
+    with pytest.raises(DiskFullError) as info:
+        metric_main.report_metric(dict(result, results=dict(fid50k_full=9.0)), run_dir=str(run_dir))
+    assert str(info.value) == f"no space left on device at {path}"
+    assert path.read_bytes() == before  # Truncated back: the earlier line intact, no half line.
+    # A new file that could not be written is removed, not left empty.
+    with pytest.raises(DiskFullError):
+        metric_main.report_metric(dict(result, metric="kid50k_full"), run_dir=str(run_dir))
+    assert not (run_dir / "metric-kid50k_full.jsonl").exists()
+    # Other write errors: one line naming the file.
+    monkeypatch.setattr(metric_main, "_write_all", lambda fd, data: (_ for _ in ()).throw(
+        OSError(errno.EIO, "Input/output error")))
+    with pytest.raises(metric_main.MetricWriteError, match=f"^cannot write {path}: Input/output error$"):
+        metric_main.report_metric(result, run_dir=str(run_dir))
+    assert path.read_bytes() == before
+
+
+# ----------------------------------------------------------------------------
 # Multi-process: features split across ranks and all_gather'ed (gloo on CPU).
 
 
@@ -273,6 +411,12 @@ def _worker(rank, world, init_file, out_dir, paths):
                                                rank=rank, device=torch.device("cpu"), batch_size=2,
                                                cache=False)["results"])
         results["generated_batches"] = len(G.seen_c)
+        kw = dict(G=ToyGenerator(), dataset_kwargs=dict(path=paths[0]), num_gpus=world, rank=rank,
+                  device=torch.device("cpu"), batch_size=2, cache=False)
+        for r in metric_main.calc_metrics(["fid7_full", "kid5_full", "pr6_full"], **kw):
+            results.update({f"shared_{k}": v for k, v in r["results"].items()})
+        for name in ("kid5_full", "pr6_full"):
+            results.update(metric_main.calc_metric(name, **kw)["results"])
         opts = metric_utils.MetricOptions(dataset_kwargs=dict(path=paths[0]), num_gpus=world, rank=rank,
                                           device=torch.device("cpu"), batch_size=4, cache=False)
         results["features"] = metric_utils.compute_feature_stats_for_dataset(
@@ -300,6 +444,10 @@ def test_multi_process_matches_single_process(toy, folders, tmp_path):
     np.testing.assert_array_equal(np.array(r0["features"], dtype=np.float32), expected.get_all())
     np.testing.assert_array_equal(np.array(r1["features"], dtype=np.float32), expected.get_all())
     assert np.isfinite(r0["fid7_full"])
+    # On 2 ranks too, the shared evaluation gives exactly the per-metric results.
+    for key in ("fid7_full", "kid5_full", "pr6_full_precision", "pr6_full_recall"):
+        assert np.isfinite(r0[key]) and r0[f"shared_{key}"] == r0[key], key
+        assert np.isnan(r1[f"shared_{key}"])
     assert r0["generated_batches"] == r1["generated_batches"] == 2  # 7 images from 2 ranks x 2 per batch.
 
 
@@ -401,3 +549,64 @@ def test_cli_best_pointer_and_kimg_from_the_snapshot(toy, cli, tmp_path):
     os.remove(snap)
     res = cli("--metrics=fid6_full", f"--network={pointer}", f"--cache-dir={tmp_path}")
     assert res.exit_code == 2 and "does not exist" in res.output and snap.name in res.output
+
+
+def test_cli_refuses_too_small_counts(toy, cli, folders, tmp_path):
+    res = cli("--metrics=fid10_full,fid1_full", f"--data={folders['A']}", f"--data2={folders['B']}",
+              f"--run-dir={tmp_path / 'r'}")
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "metric 'fid1_full': FID needs at least 2 images, got 1" in res.output
+    res = cli("--metrics=pr3_full", f"--data={folders['A']}", f"--data2={folders['B']}")
+    assert res.exit_code == 2 and "precision/recall needs at least 4 images, got 3" in res.output
+    assert toy.calls == 0 and not (tmp_path / "r").exists()
+
+
+def test_cli_disk_full_prints_the_result_and_keeps_earlier_lines(toy, cli, folders, tmp_path, monkeypatch):
+    import errno
+
+    run_dir = tmp_path / "out"
+    args = (f"--metrics=fid{NUM_IMAGES}_full,kid{NUM_IMAGES}_full", f"--data={folders['A']}", f"--data2={folders['B']}",
+            f"--run-dir={run_dir}", f"--cache-dir={tmp_path}", "--batch=8")
+    assert cli(*args).exit_code == 0
+    path = run_dir / f"metric-fid{NUM_IMAGES}_full.jsonl"
+    before = path.read_bytes()
+    value = json.loads(before)["results"][f"fid{NUM_IMAGES}_full"]
+    real_write = os.write
+
+    def half_then_full(fd, data):
+        real_write(fd, data[:10])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(metric_main, "_write_all", half_then_full)
+    res = cli(*args)
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert f"{value:.4f}" in res.output  # The value is printed before the write fails ...
+    assert res.output.rstrip().endswith(f"Error: no space left on device at {path}")  # ... and the error is one line.
+    assert path.read_bytes() == before  # Earlier lines intact, no half line.
+
+
+def test_cli_allow_class(toy, cli, tmp_path):
+    """A snapshot whose generator class is not one of the toolkit's is refused unless --allow-class names it."""
+    from training import snapshot
+    data16 = write_folder(tmp_path / "data16", 6, seed=12, brightness=40)
+    cfg = dict(class_name=f"{ToyGenerator.__module__}.ToyGenerator", z_dim=4, c_dim=0, img_resolution=RES,
+               img_channels=3)
+    G = ToyGenerator()
+    run_dir = tmp_path / "00000-run"
+    run_dir.mkdir()
+    snap = str(run_dir / "network-snapshot-000000.100.pt")
+    snapshot.save_snapshot(snap, networks=dict(G=cfg), G=G, G_ema=G, progress=dict(cur_nimg=100),
+                           config=dict(training_set_kwargs=dict(class_name="training.dataset.ImageFolderDataset",
+                                                                path=data16)))
+    res = cli("--metrics=fid6_full", f"--network={snap}", f"--cache-dir={tmp_path}", "--batch=4")
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert cfg["class_name"] in res.output and "--allow-class" in res.output
+    assert len(res.output.strip().splitlines()) == 1  # One line.
+    assert not (run_dir / "metric-fid6_full.jsonl").exists()
+    res = cli("--metrics=fid6_full", f"--network={snap}", f"--cache-dir={tmp_path}", "--batch=4",
+              f"--allow-class={cfg['class_name']}")
+    assert res.exit_code == 0, res.output
+    line = json.loads((run_dir / "metric-fid6_full.jsonl").read_text())
+    assert line["kimg"] == 0.1 and np.isfinite(line["results"]["fid6_full"])
+    res = cli("--metrics=fid6_full", f"--network={snap}", "--allow-class=nodots")
+    assert res.exit_code == 2 and "--allow-class" in res.output

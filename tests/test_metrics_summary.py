@@ -51,7 +51,7 @@ def test_best_pointers_from_all_lines_in_any_order(tmp_path):
                                    snapshot_pkl="network-snapshot-000001.000.pt", direction="higher"),
     }
     rnd = random.Random(0)
-    for trial in range(3):  # the result does not depend on the order of the lines (e.g. after a resume)
+    for _trial in range(3):  # the result does not depend on the order of the lines (e.g. after a resume)
         lines = list(fid)
         rnd.shuffle(lines)
         # A half-written last line from a crash, in the middle after a resume appended more lines.

@@ -188,3 +188,49 @@ def test_bad_arguments_raise_clear_errors(kwargs, match):
     args.update(kwargs)
     with pytest.raises((ValueError, TypeError), match=match):
         Generator(**args)
+
+
+def _naive_up_block_conv(x, weight):
+    return torch.nn.functional.conv2d(torch.nn.functional.interpolate(x, scale_factor=2, mode='nearest'), weight,
+                                      padding=1)
+
+
+def test_fused_upsample_conv_equals_nearest_upsample_then_conv():
+    g = torch.Generator().manual_seed(0)
+    for shape in [(2, 3, 4, 5), (1, 6, 7, 7), (3, 2, 1, 1)]:
+        x = torch.randn(shape, dtype=torch.float64, generator=g, requires_grad=True)
+        w = torch.randn([5, shape[1], 3, 3], dtype=torch.float64, generator=g, requires_grad=True)
+        got = networks_fastgan.upsample2x_conv3x3(x, w)
+        ref = _naive_up_block_conv(x, w)
+        assert got.shape == ref.shape == (shape[0], 5, 2 * shape[2], 2 * shape[3])
+        torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+        dy = torch.randn(ref.shape, dtype=torch.float64, generator=g)
+        for a, b in zip(torch.autograd.grad(got, [x, w], dy), torch.autograd.grad(ref, [x, w], dy)):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize('lite', [False, True])
+def test_generator_equals_the_unfused_network(lite, monkeypatch):
+    """The fused up-block conv and F.glu change no output or gradient of the generator (fixed seed)."""
+    G = make_G(64, lite=lite, seed=4)
+    set_noise_strength(G, 0.3)
+    z = torch.randn([3, Z], generator=torch.Generator().manual_seed(5))
+
+    def run():
+        G.zero_grad(set_to_none=True)
+        Gc = copy.deepcopy(G)  # same weights and spectral-norm state for both runs
+        img = Gc(z, None, noise_mode='const')
+        img.square().sum().backward()
+        return img.detach(), {n: p.grad for n, p in Gc.named_parameters()}
+
+    img, grads = run()
+    monkeypatch.setattr(networks_fastgan, 'upsample2x_conv3x3', _naive_up_block_conv)
+    monkeypatch.setattr(networks_fastgan.GLU, 'forward', lambda self, x: x[:, :x.shape[1] // 2] * torch.sigmoid(
+        x[:, x.shape[1] // 2:]))
+    ref_img, ref_grads = run()
+    torch.testing.assert_close(img, ref_img, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == ref_grads.keys()
+    for name in grads:  # fp32 (the network casts to it): errors relative to each gradient's largest entry
+        scale = ref_grads[name].abs().max().clamp(min=1e-12)
+        torch.testing.assert_close(grads[name] / scale, ref_grads[name] / scale, rtol=0, atol=1e-4,
+                                   msg=lambda m, name=name: f'{name}: {m}')

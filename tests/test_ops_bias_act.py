@@ -36,9 +36,9 @@ def _np_act(s, act, alpha):
     raise AssertionError(act)
 
 
-DEFAULTS = {  # act: (alpha, gain) as in StyleGAN2.
+DEFAULTS = {  # act: (alpha, gain) as in StyleGAN2-ADA / StyleGAN3.
     "linear": (0, 1), "relu": (0, math.sqrt(2)), "lrelu": (0.2, math.sqrt(2)), "tanh": (0, 1), "sigmoid": (0, 1),
-    "elu": (1, 1), "selu": (0, 1), "softplus": (0, 1), "swish": (0, 1),
+    "elu": (1, 1), "selu": (0, 1), "softplus": (0, 1), "swish": (0, math.sqrt(2)),
 }
 
 
@@ -76,6 +76,30 @@ def test_ref_matches_formulas(act, variant):
         np.testing.assert_allclose(y.numpy(), expect, rtol=1e-10, atol=1e-12)
     if clamp is not None:
         assert y.abs().max() <= clamp and (y.abs() == clamp).any()  # Clamped after the gain.
+
+
+@pytest.mark.parametrize("act", B.activation_names)
+def test_defaults_are_stylegans(act):
+    """gain=None / alpha=None give StyleGAN2-ADA's and StyleGAN3's defaults, on every code path."""
+    alpha, gain = DEFAULTS[act]
+    assert B.default_gain(act) == gain
+    x = torch.linspace(-4, 4, 41, dtype=torch.float64).reshape(1, 41)
+    expect = _np_act(x.numpy(), act, alpha) * gain
+    np.testing.assert_allclose(B.bias_act(x, act=act, impl="ref").numpy(), expect, rtol=1e-12, atol=1e-12)
+    B._function_cache.clear()
+    saved = B._plugin
+    B._plugin = _EmulatedBiasActPlugin  # the impl='cuda' autograd Functions, with the kernel emulated on CPU
+    try:
+        np.testing.assert_allclose(B._bias_act_cuda(x, None, 1, act, *B._resolve(act, None, None, None)[1:]).numpy(),
+                                   expect, rtol=1e-12, atol=1e-12)
+    finally:
+        B._plugin = saved
+        B._function_cache.clear()
+    if torch.cuda.is_available() and B._get_plugin() is not None:
+        y = B.bias_act(x.cuda().float(), act=act, impl="cuda")
+        np.testing.assert_allclose(y.cpu().double().numpy(), expect, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown act"):
+        B.default_gain("gelu")
 
 
 def test_no_bias_negative_dim_and_float32():
@@ -181,7 +205,7 @@ def test_cuda_matches_ref(act, clamp, dtype):
     for name, a, r in zip(names, got, ref):
         assert a.dtype == dtype, name
         scale = max(1.0, r.abs().max().item()) if name in ("db", "d2_b") else 1.0  # Sums over many fp16 terms.
-        torch.testing.assert_close(a.float() / scale, r / scale, **tol, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(a.float() / scale, r / scale, **tol, msg=lambda m, name=name: f"{name}: {m}")
 
 
 @needs_cuda
@@ -192,7 +216,7 @@ def test_cuda_gradcheck_float64_and_third_order_error():
         x, b = _safe_inputs(act, DEFAULTS[act][1], 0.9)
         x = x.detach().cuda().requires_grad_()
         b = b.detach().cuda().requires_grad_()
-        fn = lambda x_, b_: B.bias_act(x_, b_, act=act, clamp=0.9, impl="cuda")  # noqa: E731
+        fn = lambda x_, b_, act=act: B.bias_act(x_, b_, act=act, clamp=0.9, impl="cuda")  # noqa: E731
         assert torch.autograd.gradcheck(fn, (x, b))
         assert torch.autograd.gradgradcheck(fn, (x, b))
     y = B.bias_act(x, b, act="tanh", impl="cuda")
@@ -259,7 +283,8 @@ class _EmulatedBiasActPlugin:
         elif name in ("linear", "relu", "lrelu"):
             yv = yref.double() if yref.numel() else torch.zeros_like(v)
             pos = yv * gain > 0
-            d1 = torch.ones_like(v) if name == "linear" else torch.where(pos, v.new_tensor(1.0), v.new_tensor(alpha if name == "lrelu" else 0.0))
+            slope = v.new_tensor(alpha if name == "lrelu" else 0.0)
+            d1 = torch.ones_like(v) if name == "linear" else torch.where(pos, v.new_tensor(1.0), slope)
             if clamp >= 0:
                 d1 = torch.where(yv.abs() < clamp, d1, 0.0)
             out = v * gain * d1 if grad == 1 else torch.zeros_like(v)
@@ -281,12 +306,13 @@ def test_cuda_path_with_emulated_kernel(act, clamp, monkeypatch):
     gain = DEFAULTS[act][1]
     x, b = _safe_inputs(act, gain, clamp, shape=(3, 4, 5), seed=3)
     g = torch.Generator().manual_seed(0)
-    dy, ddx = torch.randn(x.shape, generator=g, dtype=torch.float64), torch.randn(x.shape, generator=g, dtype=torch.float64)
+    dy = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    ddx = torch.randn(x.shape, generator=g, dtype=torch.float64)
     ddb = torch.randn(b.shape, generator=g, dtype=torch.float64)
     calls = _EmulatedBiasActPlugin.calls
     got = _grads_up_to_second(None, x, b, dy, ddx, ddb, act=act, clamp=clamp, _fn=B._bias_act_cuda)
     assert _EmulatedBiasActPlugin.calls > calls  # The kernel path really ran.
     ref = _grads_up_to_second("ref", x, b, dy, ddx, ddb, act=act, clamp=clamp)
     for name, a, r in zip(["y", "dx", "db", "d2_x", "d2_b", "d2_dy"], got, ref):
-        torch.testing.assert_close(a, r, rtol=1e-9, atol=1e-12, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(a, r, rtol=1e-9, atol=1e-12, msg=lambda m, name=name: f"{name}: {m}")
     B._function_cache.clear()

@@ -28,7 +28,9 @@ def _naive_upfirdn2d(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1):
     u = torch.zeros([N, C, H * upy, W * upx], dtype=x.dtype)
     u[:, :, ::upy, ::upx] = x
     # Pad into a big canvas, then crop for negative padding.
-    big = torch.zeros([N, C, H * upy + 2 * abs(py0) + 2 * abs(py1), W * upx + 2 * abs(px0) + 2 * abs(px1)], dtype=x.dtype)
+    big_h = H * upy + 2 * abs(py0) + 2 * abs(py1)
+    big_w = W * upx + 2 * abs(px0) + 2 * abs(px1)
+    big = torch.zeros([N, C, big_h, big_w], dtype=x.dtype)
     oy, ox = abs(py0) + abs(py1), abs(px0) + abs(px1)
     big[:, :, oy:oy + H * upy, ox:ox + W * upx] = u
     v = big[:, :, oy - py0:oy + H * upy + py1, ox - px0:ox + W * upx + px1]

@@ -64,6 +64,11 @@ def run_cli(args):
     return result
 
 
+def _read(path, mode="r"):
+    with open(path, mode) as f:
+        return f.read()
+
+
 def _stats(run_dir):
     with open(os.path.join(run_dir, "stats.jsonl")) as f:
         return [json.loads(line) for line in f]
@@ -82,14 +87,14 @@ def test_smoke_every_cfg_and_loss(tmp_path, data, cfg, loss):
                  "fakes000000.004.png", "network-snapshot-000000.004.pt"):
         assert os.path.isfile(os.path.join(run_dir, name)), name
 
-    options = json.load(open(os.path.join(run_dir, "training_options.json")))
+    options = json.loads(_read(os.path.join(run_dir, "training_options.json")))
     expect_G = "training.networks_stylegan2.Generator" if cfg == "stylegan2" else "training.networks_fastgan.Generator"
     expect_D = ("projector_plugin.ProjectedDiscriminator" if loss == "projected"
                 else "training.networks_stylegan2.Discriminator")
     assert options["G_kwargs"]["class_name"] == expect_G and options["D_kwargs"]["class_name"] == expect_D
     assert options["batch_size"] == 4 and options["total_kimg"] == 0.004
 
-    log = open(os.path.join(run_dir, "log.txt")).read()
+    log = _read(os.path.join(run_dir, "log.txt"))
     assert "tick 0" in log and "sec/kimg" in log and "eta" in log and "Exiting" in log
     stats = _stats(run_dir)
     assert len(stats) == 1 and stats[0]["Progress/kimg"]["mean"] == pytest.approx(0.004)
@@ -162,7 +167,7 @@ def test_dry_run_baseline_defaults(tmp_path, data):
     (["--cfg=fastgan", "--loss=stylegan2", "--batch=4", "--backbone=resnet50"], "--backbone", "only applies"),
     (["--cfg=fastgan", "--batch=4", "--backbone=not_a_net"], "--backbone", "not a timm model"),
     (["--cfg=fastgan", "--batch=4", "--glr=-1"], "--glr", "must be positive"),
-    (["--cfg=fastgan", "--batch=4", "--resume=latest"], "--resume", "no network-snapshot"),
+    (["--cfg=fastgan", "--batch=4", "--resume=latest"], "--resume", "network-snapshot-*.pt under"),
     (["--cfg=fastgan", "--batch=4", "--resume=/no/such.pt"], "--resume", "does not exist"),
     (["--cfg=fastgan", "--batch=4", "--grid=4by4"], "--grid", "COLSxROWS"),
     (["--cfg=fastgan", "--batch=4", "--device=cuda"] if not torch.cuda.is_available() else
@@ -244,10 +249,10 @@ def test_sigkill_then_resume_latest(tmp_path, data):
         if proc.poll() is None:
             proc.kill()
     (old_dir,) = glob.glob(str(outdir / "00000-*"))
-    latest = snapshot.find_latest(str(outdir))
+    latest = snapshot.find_resume(str(outdir))  # what --resume=latest continues: the run's rolling resume file
     assert os.path.dirname(latest) == old_dir
-    old = snapshot.load_snapshot(latest)  # whatever the kill interrupted, the snapshot is whole
-    old_bytes = open(latest, "rb").read()
+    old = snapshot.load_snapshot(latest)  # whatever the kill interrupted, the resume file is whole
+    old_bytes = _read(latest, "rb")
     cur = old["progress"]["cur_nimg"]
     assert cur >= 4 and cur % 4 == 0
 
@@ -257,13 +262,13 @@ def test_sigkill_then_resume_latest(tmp_path, data):
     assert f"Resuming from '{latest}'" in result.output
     new_dirs = sorted(glob.glob(str(outdir / "00001-*")))
     assert len(new_dirs) == 1  # continued in a new run dir ...
-    assert open(latest, "rb").read() == old_bytes  # ... without touching the old snapshots
+    assert _read(latest, "rb") == old_bytes  # ... without touching the old snapshots
     assert not [n for n in os.listdir(old_dir) if n.endswith(".tmp")]  # stale temp files cleaned up
     new = snapshot.load_snapshot(snapshot.find_latest(str(outdir)))
     assert os.path.dirname(snapshot.find_latest(str(outdir))) == new_dirs[0]
     assert new["progress"]["cur_nimg"] == cur + 8
     assert new["progress"]["batch_idx"] == old["progress"]["batch_idx"] + 2
-    options = json.load(open(os.path.join(new_dirs[0], "training_options.json")))
+    options = json.loads(_read(os.path.join(new_dirs[0], "training_options.json")))
     assert options["resume"] == latest
     for path in glob.glob(str(outdir / "*" / "network-snapshot-*.pt")):
         snapshot.load_snapshot(path)

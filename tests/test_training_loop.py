@@ -1,8 +1,11 @@
 """End-to-end behaviour of training.training_loop on CPU with tiny networks and a tiny dataset:
-exact resume (with lazy regularization, loss state and a frozen feature network), non-finite losses."""
+exact resume (with lazy regularization, loss state and a frozen feature network) from the rolling resume file,
+lean history snapshots and --keep, non-finite losses, SIGTERM/SIGINT, a full disk, files that name foreign classes."""
 
+import errno
 import glob
 import os
+import signal
 
 import numpy as np
 import PIL.Image
@@ -102,19 +105,26 @@ def assert_snapshots_equal(a, b):
 def test_resume_continues_bitwise_identically(tmp_path, data_dir, kind, first_kimg):
     """N kimg, snapshot, resume, M kimg == N+M kimg in one go (weights, EMA, optimizers, loss state).
 
-    The baseline resumes at step 2, where the lazy R1 / path-length phases (interval 2) run again.
+    Resumes from the run's rolling resume file. The baseline resumes at step 2, where the lazy R1 / path-length
+    phases (interval 2) run again.
     """
     make = projected_config if kind == "projected" else baseline_config
     total = make("", data_dir)["total_kimg"]
     full = tl.training_loop(**make(tmp_path / "full", data_dir))
     first = tl.training_loop(**make(tmp_path / "first", data_dir, total_kimg=first_kimg))
-    resumed = tl.training_loop(**make(tmp_path / "resumed", data_dir, resume=first["last_snapshot"]))
+    assert first["resume_state"] == str(tmp_path / "first" / "resume-state.pt")
+    resumed = tl.training_loop(**make(tmp_path / "resumed", data_dir, resume=first["resume_state"]))
     assert resumed["cur_nimg"] == full["cur_nimg"] == round(total * 1000)
-    a = snapshot.load_snapshot(full["last_snapshot"], mmap=True)
-    b = snapshot.load_snapshot(resumed["last_snapshot"], mmap=True)
-    half = snapshot.load_snapshot(first["last_snapshot"], mmap=True)
+    a = snapshot.load_snapshot(full["resume_state"], mmap=True)
+    b = snapshot.load_snapshot(resumed["resume_state"], mmap=True)
+    half = snapshot.load_snapshot(first["resume_state"], mmap=True)
     assert half["progress"]["cur_nimg"] == round(first_kimg * 1000)
     assert_snapshots_equal(a, b)
+    # The lean history snapshot holds the same networks (and no optimizer state).
+    lean = snapshot.load_snapshot(full["last_snapshot"], mmap=True)
+    assert lean["kind"] == "snapshot" and "G_opt" not in lean and "D_opt" not in lean
+    for key in ("G", "G_ema", "D"):
+        assert_state_equal(lean[key], a[key], key)
     # ... and training did something: the weights moved on after the first part.
     assert any(not torch.equal(half["G"][k], a["G"][k]) for k in a["G"] if a["G"][k].is_floating_point())
     if kind == "baseline":
@@ -192,7 +202,7 @@ def test_sub_kimg_snapshots_get_distinct_names_and_metric_summaries(tmp_path, da
         assert snapshot.load_snapshot(str(run / name), mmap=True)["progress"]["cur_nimg"] == nimg
     assert out["last_snapshot"] == str(run / names[-1]) == snapshot.find_latest(str(run))
     lines = [json.loads(t) for t in (run / "metric-fid50k_full.jsonl").read_text().splitlines()]
-    assert [(l["kimg"], l["snapshot_pkl"], l["results"]["fid50k_full"]) for l in lines] == \
+    assert [(line["kimg"], line["snapshot_pkl"], line["results"]["fid50k_full"]) for line in lines] == \
         [(0.004, names[0], 30.0), (0.008, names[1], 10.0)]
     best = json.loads((run / "best-fid50k_full.json").read_text())
     assert best == dict(metric="fid50k_full", result="fid50k_full", value=10.0, kimg=0.008, snapshot_pkl=names[1],
@@ -216,13 +226,199 @@ def test_final_snapshot_in_the_same_kimg_keeps_the_previous_one(tmp_path, data_d
                         kimg_per_tick=1, network_snapshot_ticks=1, image_snapshot_ticks=1, metrics=["fid50k_full"])
     assert tl.training_loop(**c)["cur_nimg"] == 8
     found = sorted(os.path.basename(p) for p in glob.glob(str(run / "network-snapshot-*.pt")))
-    assert found == ["network-snapshot-000000.008.pt", "network-snapshot-000000.pt"]
+    assert found == ["network-snapshot-000000.004.pt", "network-snapshot-000000.008.pt"]
     # The fakes grids follow the same rule: the final grid does not overwrite the tick-0 one.
     assert sorted(os.path.basename(p) for p in glob.glob(str(run / "fakes0*.png"))) == \
-        ["fakes000000.008.png", "fakes000000.png"]
-    assert snapshot.load_snapshot(str(run / found[1]), mmap=True)["progress"]["cur_nimg"] == 4
-    assert snapshot.find_latest(str(run)) == str(run / found[0])
+        ["fakes000000.004.png", "fakes000000.008.png"]
+    assert snapshot.load_snapshot(str(run / found[0]), mmap=True)["progress"]["cur_nimg"] == 4
+    assert snapshot.find_latest(str(run)) == str(run / found[1])
     logged = capsys.readouterr().out
     assert logged.count("could not update the metric summaries") == 2 and "OSError: disk full" in logged
     assert len((run / "metric-fid50k_full.jsonl").read_text().splitlines()) == 2
     assert not (run / "metrics.png").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Resume file, lean history snapshots, --keep.
+
+
+def _no_temp_files(root):
+    return glob.glob(os.path.join(str(root), "**", ".*.tmp"), recursive=True)
+
+
+def test_lean_history_snapshots_rebuild_the_projected_D(tmp_path, data_dir):
+    run = tmp_path / "run"
+    out = tl.training_loop(**projected_config(run, data_dir, network_snapshot_ticks=1, total_kimg=0.004))
+    hist = snapshot.load_snapshot(out["last_snapshot"])
+    state = snapshot.load_snapshot(out["resume_state"])
+    assert hist["kind"] == "snapshot" and "G_opt" not in hist and "D_opt" not in hist
+    assert state["kind"] == "resume" and "G_opt" in state and "D_opt" in state
+    for data in (hist, state):  # the frozen backbone and projection are rebuilt from D's config, not stored
+        assert not any(k.startswith(("feature_network.", "projection.")) for k in data["D"])
+        assert data["D_rebuilt"]["keys"]
+    assert os.path.getsize(out["last_snapshot"]) < os.path.getsize(out["resume_state"])
+    D = snapshot.load_discriminator(out["last_snapshot"])
+    img = torch.randn(2, 3, RES, RES)
+    torch.manual_seed(1)
+    a = out["D"].eval()(img)
+    torch.manual_seed(1)
+    assert torch.equal(D(img), a)
+
+
+def _dead_pid():
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_keep_and_resume_from_run_dir_latest_or_history_snapshot(tmp_path, data_dir, capsys):
+    outdir = tmp_path / "runs"
+    first = outdir / "00000-a"
+    c = baseline_config(first, data_dir, G_reg_interval=None, D_reg_interval=None, total_kimg=0.012,
+                        network_snapshot_ticks=1, snapshot_keep=2)
+    out = tl.training_loop(**c)
+    names = sorted(os.path.basename(p) for p in glob.glob(str(first / "network-snapshot-*.pt")))
+    assert names == ["network-snapshot-000000.008.pt", "network-snapshot-000000.012.pt"]  # --keep=2
+    assert snapshot.load_snapshot(out["resume_state"])["progress"]["cur_nimg"] == 12
+
+    # 'latest' continues the newest run's resume file, after removing dead writers' temp files everywhere.
+    dead = _dead_pid()
+    other = outdir / "00001-crashed"
+    other.mkdir()
+    stale = [first / f".resume-state.pt.{dead}.a.tmp", other / f".network-snapshot-000000.004.pt.{dead}.b.tmp"]
+    for path in stale:
+        path.write_bytes(b"PK")
+    capsys.readouterr()
+    second = tl.training_loop(**dict(c, run_dir=str(outdir / "00002-b"), total_kimg=0.016, resume="latest"))
+    log = capsys.readouterr().out
+    assert f"Resuming from '{first / 'resume-state.pt'}'" in log and "without optimizer state" not in log
+    assert second["cur_nimg"] == 16 and not any(p.exists() for p in stale)
+    assert all(str(p) in log for p in stale)
+
+    # A run dir means its resume file; a history snapshot works too, with fresh optimizers (warned about).
+    third = tl.training_loop(**dict(c, run_dir=str(outdir / "00003-c"), total_kimg=0.020, resume=str(outdir /
+                                                                                                  "00002-b")))
+    assert third["cur_nimg"] == 20
+    capsys.readouterr()
+    hist = str(first / "network-snapshot-000000.008.pt")
+    fourth = tl.training_loop(**dict(c, run_dir=str(outdir / "00004-d"), total_kimg=0.012, resume=hist))
+    log = capsys.readouterr().out
+    assert f"Resuming from '{hist}'" in log and log.count("without optimizer state") == 1
+    assert fourth["cur_nimg"] == 12
+
+
+def test_resume_file_naming_a_foreign_class_is_refused(tmp_path, data_dir):
+    marker = tmp_path / "MARKER"
+    evil = dict(class_name="os.system", command=f"touch {marker}")
+    G = snapshot.build_network(dict(class_name="training.networks_fastgan.Generator", z_dim=8, w_dim=8,
+                                    img_resolution=32, ngf=4, lite=True))
+    path = tmp_path / "resume-state.pt"
+    snapshot.save_snapshot(str(path), networks=dict(G=evil, D=evil), G=G, G_ema=G, D=G,
+                           progress=dict(cur_nimg=4, cur_tick=0, batch_idx=1),
+                           config=dict(G_kwargs=evil, loss_kwargs=evil))
+    with pytest.raises(snapshot.SnapshotError, match="os.system.*--allow-class"):
+        tl.training_loop(**baseline_config(tmp_path / "run", data_dir, resume=str(path)))
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# SIGTERM / SIGINT.
+
+
+class SignalLoss(StyleGAN2Loss):
+    """StyleGAN2Loss that sends this process `signals` (one per call) once training reaches `at_nimg`."""
+
+    def __init__(self, *args, at_nimg=8, signals=(int(signal.SIGTERM),), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.at_nimg, self.signals = at_nimg, list(signals)
+
+    def accumulate_gradients(self, phase, real_img, real_c, gen_z, gen_c, gain, cur_nimg):
+        if cur_nimg >= self.at_nimg and self.signals:
+            os.kill(os.getpid(), self.signals.pop(0))
+        return super().accumulate_gradients(phase, real_img, real_c, gen_z, gen_c, gain, cur_nimg)
+
+
+def test_sigterm_saves_the_resume_state_and_continues_exactly(tmp_path, data_dir, capsys):
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    c = baseline_config(tmp_path / "run", data_dir, total_kimg=0.024, network_snapshot_ticks=100)
+    c["loss_kwargs"] = dict(c["loss_kwargs"], class_name=f"{__name__}.SignalLoss", at_nimg=8)
+    with pytest.raises(tl.TrainingInterrupted) as err:
+        tl.training_loop(**c)
+    assert err.value.signum == signal.SIGTERM
+    path = tmp_path / "run" / "resume-state.pt"
+    # Asked during the step from 8 to 12 images; the ranks agree on it at that step's tick end (ticks are one step
+    # here) and stop at the next step boundary, before any more training.
+    msg = f"Interrupted by SIGTERM at kimg 0.012: saved the resume state to '{path}'"
+    assert str(err.value).startswith(msg) and "\n" not in str(err.value)
+    assert capsys.readouterr().out.count(msg) == 1
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before  # handlers restored
+    assert not _no_temp_files(tmp_path)
+    assert snapshot.load_snapshot(str(path))["progress"]["cur_nimg"] == 12
+
+    # Interrupted + resumed == uninterrupted.
+    full = tl.training_loop(**baseline_config(tmp_path / "full", data_dir, total_kimg=0.024,
+                                              network_snapshot_ticks=100))
+    resumed = tl.training_loop(**baseline_config(tmp_path / "resumed", data_dir, total_kimg=0.024,
+                                                 network_snapshot_ticks=100, resume=str(tmp_path / "run")))
+    assert_snapshots_equal(snapshot.load_snapshot(full["resume_state"]),
+                           snapshot.load_snapshot(resumed["resume_state"]))
+
+
+def test_second_signal_stops_at_once_without_temp_files(tmp_path, data_dir, monkeypatch):
+    c = baseline_config(tmp_path / "run", data_dir, total_kimg=0.04, network_snapshot_ticks=1,
+                        G_reg_interval=None, D_reg_interval=None)
+    c["loss_kwargs"] = dict(c["loss_kwargs"], class_name=f"{__name__}.SignalLoss", at_nimg=4,
+                            signals=(int(signal.SIGINT), int(signal.SIGTERM)))
+    with pytest.raises(tl.TrainingInterrupted, match="interrupted twice") as err:
+        tl.training_loop(**c)
+    assert err.value.signum == signal.SIGTERM
+    assert not _no_temp_files(tmp_path)
+    assert snapshot.load_snapshot(str(tmp_path / "run" / "resume-state.pt"))["progress"]["cur_nimg"] == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# A full disk.
+
+
+def _enospc(obj, f):
+    f.write(b"partial")
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def _torch_write_failed(obj, f):
+    f.write(b"partial")
+    try:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    except OSError:
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")  # noqa: B904
+
+
+@pytest.mark.parametrize("failure", [_enospc, _torch_write_failed])
+def test_full_disk_stops_training_with_one_line_and_keeps_earlier_files(tmp_path, data_dir, monkeypatch, failure):
+    run = tmp_path / "run"
+    c = baseline_config(run, data_dir, G_reg_interval=None, D_reg_interval=None, total_kimg=0.012,
+                        network_snapshot_ticks=1)
+    real_save = torch.save
+    calls = []
+
+    def save(obj, f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > 2:  # the first snapshot (resume file + history snapshot) fits, nothing after it
+            return failure(obj, f)
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(tl.DiskFullError) as err:
+        tl.training_loop(**c)
+    msg = str(err.value)
+    assert msg.startswith(f"no space left on device at {run / 'resume-state.pt'}; training stopped at kimg 0.008")
+    assert "\n" not in msg and isinstance(err.value, OSError) and err.value.errno == errno.ENOSPC
+    monkeypatch.setattr(torch, "save", real_save)
+    assert not _no_temp_files(tmp_path)
+    assert snapshot.load_snapshot(str(run / "resume-state.pt"))["progress"]["cur_nimg"] == 4
+    assert [os.path.basename(p) for p in glob.glob(str(run / "network-snapshot-*.pt"))] == \
+        ["network-snapshot-000000.004.pt"]
+    assert snapshot.load_snapshot(str(run / "network-snapshot-000000.004.pt"))["progress"]["cur_nimg"] == 4

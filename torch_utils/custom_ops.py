@@ -16,7 +16,9 @@
   nvcc/CUDA_HOME, and raise `PluginBuildError` naming the missing piece; compiler errors are
   re-raised with the same hint.
 
-Verbosity: 'none' (silent), 'brief' (one line per plugin, default), 'full' (ninja/compiler output).
+Messages go to the 'torch_utils.ops' logger (configure logging to see the INFO ones).
+Verbosity: 'none' (no build messages), 'brief' (an INFO record when a plugin build starts and one
+when it is ready, default), 'full' (also the ninja/compiler output, which torch prints).
 Cache root: $TORCH_UTILS_EXT_DIR, else $TORCH_EXTENSIONS_DIR, else ~/.cache/torch_utils_extensions.
 """
 
@@ -34,6 +36,9 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 verbosity = "brief"  # Module-wide default: 'none' | 'brief' | 'full'.
+
+# One logger for the build messages and the ops' once-only notes (reference fallback).
+_logger = logging.getLogger("torch_utils.ops")
 
 _VERBOSITY_LEVELS = ("none", "brief", "full")
 _cached_plugins: Dict[str, object] = {}
@@ -122,8 +127,7 @@ def _digest(paths: Sequence[str], extra: Sequence[str]) -> str:
 @contextlib.contextmanager
 def _exclusive_lock(path: str):
     """Inter-process exclusive lock on `path` (released by the OS if the holder dies)."""
-    fh = open(path, "a+")
-    try:
+    with open(path, "a+") as fh:
         try:
             import fcntl
         except ImportError:  # Windows: fall back to msvcrt byte-range locking.
@@ -146,8 +150,6 @@ def _exclusive_lock(path: str):
             yield
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-    finally:
-        fh.close()
 
 
 def _populate_source_dir(build_dir: str, files: Sequence[str]) -> None:
@@ -241,8 +243,8 @@ def get_plugin(
     )
     build_dir = os.path.join(_cache_root(), f"{module_name}-{digest}")
 
-    if verbose == "brief":
-        print(f"Setting up PyTorch plugin '{module_name}'... ", end="", flush=True)
+    if verbose != "none":
+        _logger.info("custom_ops: setting up plugin '%s' in %s", module_name, build_dir)
     try:
         _populate_source_dir(build_dir, sources + headers)
         with _exclusive_lock(build_dir + ".lock"):
@@ -262,31 +264,24 @@ def get_plugin(
                 **build_kwargs,
             )
     except PluginBuildError:
-        if verbose == "brief":
-            print("Failed!")
         raise
     except Exception as err:
-        if verbose == "brief":
-            print("Failed!")
-        hint = "compiler" + (" (nvcc at CUDA_HOME=%s)" % os.environ.get("CUDA_HOME") if with_cuda else "")
+        hint = "compiler" + (f" (nvcc at CUDA_HOME={os.environ.get('CUDA_HOME')})" if with_cuda else "")
         raise PluginBuildError(
             f"custom_ops: building plugin '{module_name}' in {build_dir} failed with the {hint}; "
             f"rerun with verbose='full' to see the full log. Cause: {err}"
         ) from err
-    if verbose == "brief":
-        print("Done.")
+    if verbose != "none":
+        _logger.info("custom_ops: plugin '%s' ready", module_name)
     _cached_plugins[module_name] = module
     return module
 
 
 # ----------------------------------------------------------------------------------------------
-# Once-only notes shared by the ops (reference fallback), so that a CPU run prints one line
-# instead of one warning per call.
+# Once-only notes shared by the ops (reference fallback), so that a CPU run logs one line
+# instead of one per call.
 
-_logger = logging.getLogger("torch_utils.ops")
 _noted = set()
-
-
 _failed_plugins = set()
 
 
@@ -317,11 +312,10 @@ def cuda_kernel_usable(x, get_plugin) -> bool:
 
 
 def note_once(key: str, message: str, level: int = logging.INFO) -> None:
-    """Log `message` on the 'torch_utils.ops' logger the first time `key` is seen in this process."""
+    """Log `message` on the 'torch_utils.ops' logger the first time `key` is seen in this process.
+
+    Without logging configured, Python shows WARNING records on stderr and drops INFO ones."""
     if key in _noted:
         return
     _noted.add(key)
-    if _logger.hasHandlers():
-        _logger.log(level, message)
-    else:  # Logging not configured by the application: still show the note, once, on stderr.
-        print(message, file=sys.stderr, flush=True)
+    _logger.log(level, message)

@@ -26,7 +26,7 @@ def env_int(name: str, default: Optional[int] = None) -> Optional[int]:
     try:
         return int(value)
     except ValueError:
-        raise ValueError(f"environment variable {name}={value!r} is not an integer")
+        raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
 
 
 def torchrun_topology():

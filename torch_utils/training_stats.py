@@ -97,7 +97,7 @@ def _sync(names: List[str]) -> List[torch.Tensor]:
     if world > 1:
         gathered = [None] * world
         torch.distributed.all_gather_object(gathered, sorted(names))
-        names = sorted(set(n for ns in gathered for n in ns))
+        names = sorted({n for ns in gathered for n in ns})
 
     deltas = []
     device = _sync_device if _sync_device is not None else torch.device("cpu")

@@ -5,9 +5,11 @@ Configs throughout the toolkit are plain dicts such as
 turns one into an object, so any network, loss or optimizer can be swapped by editing a JSON file.
 """
 
+import errno
 import importlib
 import os
 import re
+import shutil
 import tempfile
 import types
 from typing import Any, Callable, List, Tuple
@@ -20,7 +22,7 @@ class EasyDict(dict):
         try:
             return self[name]
         except KeyError:
-            raise AttributeError(name)
+            raise AttributeError(name) from None
 
     def __setattr__(self, name: str, value: Any) -> None:
         self[name] = value
@@ -128,7 +130,8 @@ class Logger:
     def __init__(self, file_name: str = None, file_mode: str = "a", should_flush: bool = True):
         import sys
 
-        self.file = open(file_name, file_mode, encoding="utf-8") if file_name is not None else None
+        # Open for the Logger's lifetime (closed by close()/__exit__), not one block.
+        self.file = open(file_name, file_mode, encoding="utf-8") if file_name is not None else None  # noqa: SIM115
         self.should_flush = should_flush
         self.stdout = sys.stdout
         self.stderr = sys.stderr
@@ -173,15 +176,70 @@ class Logger:
             self.file = None
 
 
+class DiskFullError(OSError):
+    """A write failed because the device (or the user's quota) is full.
+
+    str() is 'no space left on device at PATH' (PATH = the file that could not be written), '; detail' appended
+    when given. An OSError with errno ENOSPC (or EDQUOT), so callers that handle OSError still do.
+    """
+
+    def __init__(self, path: str, err_no: int = errno.ENOSPC, detail: str = ""):
+        super().__init__(err_no, f"no space left on device at {path}" + (f"; {detail}" if detail else ""), path)
+        self.path = path
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+_FULL_ERRNOS = tuple(e for e in (getattr(errno, "ENOSPC", None), getattr(errno, "EDQUOT", None)) if e is not None)
+# torch.save reports a failed write of its zip writer as a RuntimeError with one of these texts; the OSError that
+# caused it (when the target is a Python file) is chained as its __context__.
+_TORCH_WRITE_FAILED = ("unexpected pos", "file write failed", "No space left on device")
+
+
+def disk_full_errno(err: BaseException, directory: str = None) -> int:
+    """errno (ENOSPC/EDQUOT) when `err` (or an exception chained to it) is a write failure of a full disk, else 0.
+
+    torch's RuntimeError of a failed write without a chained OSError counts as full when `directory`'s file system
+    has less than 1 MiB free (the only cause of a failed write there that we can confirm).
+    """
+    seen = set()
+    todo = [err]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _FULL_ERRNOS:
+            return e.errno
+        todo.extend([e.__cause__, e.__context__])
+    if isinstance(err, RuntimeError) and any(t in str(err) for t in _TORCH_WRITE_FAILED) and directory is not None:
+        if "No space left on device" in str(err):
+            return errno.ENOSPC
+        try:
+            if shutil.disk_usage(directory).free < 2**20:
+                return errno.ENOSPC
+        except OSError:
+            pass
+    return 0
+
+
 def atomic_write(path: str, write: Callable[[Any], None], tag: str = "", durable: bool = False) -> None:
     """Call write(binary file) on a temporary file next to `path`, then rename it over `path`.
 
-    Readers see the old file or the new one, never a partial one; on error the temporary file is removed.
+    Readers see the old file or the new one, never a partial one; on error (or KeyboardInterrupt, or any exception
+    a signal handler raises) the temporary file is removed and `path` is left as it was.
     The temporary name is `.{basename}.{tag}XXXX.tmp` (a tag such as the writer's PID lets a cleaner tell a
     dead writer's leftovers from a live one's). `durable` fsyncs the data and the directory entry as well.
+    A write that fails because the disk or the quota is full raises DiskFullError naming `path`.
     """
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.{tag}", suffix=".tmp", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.{tag}", suffix=".tmp", dir=directory)
+    except OSError as err:
+        if err.errno in _FULL_ERRNOS:
+            raise DiskFullError(path, err.errno) from err
+        raise
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -189,11 +247,14 @@ def atomic_write(path: str, write: Callable[[Any], None], tag: str = "", durable
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        full = disk_full_errno(err, directory) if isinstance(err, (OSError, RuntimeError)) else 0
+        if full and not isinstance(err, DiskFullError):
+            raise DiskFullError(path, full) from err
         raise
     if durable:  # Make the rename itself durable (a crash right after could otherwise lose the directory entry).
         try:

@@ -15,18 +15,19 @@ when labels are off or absent).
 """
 
 import json
+import logging
 import math
 import os
 import zipfile
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import PIL.Image
 import torch
 
+from torch_utils.image_io import IMAGE_EXTENSIONS, is_image_file  # noqa: F401  (re-exported for dataset_tool)
 from torch_utils.util import EasyDict
 
-IMAGE_EXTENSIONS = frozenset(['.png', '.jpg', '.jpeg', '.webp', '.bmp'])
 LABELS_FILENAME = 'dataset.json'
 
 # Pillow modes -> how to turn them into an array. Anything not listed is converted to RGB.
@@ -44,8 +45,32 @@ def _explain(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
-def is_image_file(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+def list_folder_files(root: str, warn: Optional[Callable[[str], None]] = None) -> List[str]:
+    """Relative '/'-separated paths of the files under `root` (recursively, sorted; hidden entries skipped).
+
+    Symlinked folders are followed, but each real folder is read once: a link back to a folder already read (a
+    link loop, or a second link to the same folder) is skipped and reported through `warn(message)`, so images
+    are never listed twice.
+    """
+    fnames = []
+    seen = {os.path.realpath(root)}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        keep = []
+        for d in sorted(dirnames):
+            if d.startswith('.'):
+                continue
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if real in seen:
+                if warn is not None:
+                    warn(f'{os.path.join(dirpath, d)} links to folder {real}, which is already read; skipped')
+                continue
+            seen.add(real)
+            keep.append(d)
+        dirnames[:] = keep
+        for f in filenames:
+            if not f.startswith('.'):
+                fnames.append(os.path.relpath(os.path.join(dirpath, f), root).replace(os.sep, '/'))
+    return sorted(fnames)
 
 
 # ----------------------------------------------------------------------------
@@ -224,13 +249,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 
     @staticmethod
     def _list_folder(root: str) -> List[str]:
-        fnames = []
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-            dirnames[:] = [d for d in dirnames if not d.startswith('.')]
-            for f in filenames:
-                if not f.startswith('.'):
-                    fnames.append(os.path.relpath(os.path.join(dirpath, f), root).replace(os.sep, '/'))
-        return sorted(fnames)
+        return list_folder_files(root, warn=logging.getLogger(__name__).warning)
 
     def _get_zipfile(self) -> zipfile.ZipFile:
         # A ZipFile inherited through fork() shares its OS file offset with the parent, so

@@ -21,27 +21,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from projector_plugin import gaussian_blur
+from torch_utils import training_stats
+from torch_utils.ops import conv2d_gradfix
+
 PHASES = ('Gmain', 'Greg', 'Gboth', 'Dmain', 'Dreg', 'Dboth')
-
-
-def _default_report():
-    try:
-        from torch_utils import training_stats
-        return training_stats.report
-    except ImportError:
-        return lambda name, value: value
-
-
-def _no_weight_gradients_context(enabled):
-    """conv2d_gradfix.no_weight_gradients() when available: the path-length gradient is taken
-    w.r.t. ws only, so weight gradients of the inner backward are wasted work."""
-    if not enabled:
-        return contextlib.nullcontext()
-    try:
-        from torch_utils.ops import conv2d_gradfix
-        return conv2d_gradfix.no_weight_gradients()
-    except (ImportError, AttributeError):
-        return contextlib.nullcontext()
 
 
 @contextlib.contextmanager
@@ -62,29 +46,6 @@ def frozen(module):
             p.requires_grad_(flag)
 
 
-def gaussian_blur(img, sigma):
-    """Depthwise Gaussian blur of img [N, C, H, W] with std `sigma` pixels (support 3 sigma).
-
-    Used to fade in D's view of images at the start of training (blur_init_sigma), as in
-    StyleGAN3; reflect padding keeps the borders from darkening.
-    """
-    blur_size = int(np.floor(sigma * 3))
-    if blur_size <= 0:
-        return img
-    x = torch.arange(-blur_size, blur_size + 1, device=img.device, dtype=torch.float32)
-    f = torch.exp(-(x / sigma).square() / 2)
-    f = (f / f.sum()).to(img.dtype)
-    C = img.shape[1]
-    pad = min(blur_size, img.shape[2] - 1, img.shape[3] - 1)
-    if pad < blur_size:  # image smaller than the kernel: truncate the kernel to what reflect allows
-        f = f[blur_size - pad: blur_size + pad + 1]
-        f = f / f.sum()
-    y = F.pad(img, [pad, pad, pad, pad], mode='reflect')
-    y = F.conv2d(y, f.reshape(1, 1, 1, -1).repeat(C, 1, 1, 1), groups=C)
-    y = F.conv2d(y, f.reshape(1, 1, -1, 1).repeat(C, 1, 1, 1), groups=C)
-    return y
-
-
 def r1_penalty(real_logits, real_img):
     """Per-sample squared gradient norm ||d sum(D(x)) / dx||^2 -> [N], with create_graph so the
     penalty itself can be backpropagated into D's weights."""
@@ -103,11 +64,13 @@ class StyleGAN2Loss:
         pl_weight:          path-length regularisation weight (0 disables 'Greg').
         pl_batch_shrink:    the PL term runs on batch // pl_batch_shrink samples.
         pl_decay:           EMA rate of the running mean path length.
-        pl_no_weight_grad:  skip weight gradients in the PL inner backward (speed only).
-        blur_init_sigma:    initial blur (pixels) of D's inputs, faded out linearly ...
+        pl_no_weight_grad:  run the PL inner backward under conv2d_gradfix.no_weight_gradients():
+                            no conv weight gradients (they would be discarded); same result.
+        blur_init_sigma:    initial blur (pixels; projector_plugin.gaussian_blur, StyleGAN3's
+                            kernel) of D's inputs, faded out linearly ...
         blur_fade_kimg:     ... over this many thousand images (0 disables blurring).
         report:             callable(name, tensor) receiving the statistics; default
-                            torch_utils.training_stats.report when importable, else a no-op.
+                            torch_utils.training_stats.report.
     """
 
     def __init__(self, device, G, D, augment_pipe=None, r1_gamma=10, style_mixing_prob=0, pl_weight=0,
@@ -133,7 +96,7 @@ class StyleGAN2Loss:
         self.pl_mean = torch.zeros([], device=self.device)
         self.blur_init_sigma = blur_init_sigma
         self.blur_fade_kimg = blur_fade_kimg
-        self.report = report if report is not None else _default_report()
+        self.report = report if report is not None else training_stats.report
 
     # ------------------------------------------------------------------------------------------
 
@@ -193,7 +156,8 @@ class StyleGAN2Loss:
                 gen_img, gen_ws = self.run_G(gen_z[:batch_size], gen_c[:batch_size])
                 # Random image-space direction scaled so that E||J^T y|| is resolution independent.
                 pl_noise = torch.randn_like(gen_img) / np.sqrt(gen_img.shape[2] * gen_img.shape[3])
-                with _no_weight_gradients_context(self.pl_no_weight_grad):
+                # Only d/d(ws) is wanted: weight gradients of this inner backward would be discarded.
+                with conv2d_gradfix.no_weight_gradients(self.pl_no_weight_grad):
                     pl_grads, = torch.autograd.grad(outputs=[(gen_img * pl_noise).sum()], inputs=[gen_ws],
                                                     create_graph=True, only_inputs=True)
                 pl_lengths = pl_grads.square().sum(dim=2).mean(dim=1).sqrt()

@@ -17,17 +17,16 @@ import torch
 from torch import nn
 
 from torch_utils.ops import bias_act, conv2d_resample, upfirdn2d
-
-# Gain that keeps the activation variance at ~1 for a unit-variance input (He et al.); the same
-# defaults torch_utils.ops.bias_act applies when it is given gain=None.
-_DEFAULT_ACT_GAINS = {'linear': 1.0, 'relu': np.sqrt(2), 'lrelu': np.sqrt(2), 'tanh': 1.0, 'sigmoid': 1.0,
-                      'elu': 1.0, 'selu': 1.0, 'softplus': 1.0, 'swish': 1.0}
+from training.layers import normalize_2nd_moment
 
 
 def activation_gain(activation):
-    if activation not in _DEFAULT_ACT_GAINS:
-        raise ValueError(f'unknown activation {activation!r}; expected one of {sorted(_DEFAULT_ACT_GAINS)}')
-    return float(_DEFAULT_ACT_GAINS[activation])
+    """Gain that keeps the activation's output at about unit scale: bias_act's default for it."""
+    try:
+        return bias_act.default_gain(activation)
+    except ValueError:
+        names = sorted(bias_act.activation_names)
+        raise ValueError(f'unknown activation {activation!r}; expected one of {names}') from None
 
 
 def check_shape(x, ref_shape, what):
@@ -35,11 +34,6 @@ def check_shape(x, ref_shape, what):
     if x.ndim != len(ref_shape) or any(r is not None and s != r for s, r in zip(x.shape, ref_shape)):
         ref = ['*' if r is None else r for r in ref_shape]
         raise ValueError(f'{what}: expected shape {ref}, got {list(x.shape)}')
-
-
-def normalize_2nd_moment(x, dim=1, eps=1e-8):
-    """Scale each row of `x` to unit mean square."""
-    return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -95,8 +89,10 @@ def modulated_conv2d(x, weight, styles, noise=None, up=1, down=1, padding=0, res
         w = w * dcoefs.reshape(batch_size, -1, 1, 1, 1)
     x = x.reshape(1, -1, *x.shape[2:])
     w = w.reshape(-1, in_channels, kh, kw)
+    # The per-sample weights are functions of the styles, hence of ws: their gradient must survive
+    # conv2d_gradfix.no_weight_gradients() (path-length regularisation differentiates w.r.t. ws).
     x = conv2d_resample.conv2d_resample(x=x, w=w.to(x.dtype), f=resample_filter, up=up, down=down, padding=padding,
-                                        groups=batch_size, flip_weight=flip_weight)
+                                        groups=batch_size, flip_weight=flip_weight, weight_grad_optional=False)
     x = x.reshape(batch_size, -1, *x.shape[2:])
     if noise is not None:
         x = x + noise.to(x.dtype)

@@ -1,76 +1,92 @@
-"""Training snapshots: plain tensors + a JSON-like config, never pickled code.
+"""Training snapshots: plain tensors + a JSON-like config, never pickled code, never arbitrary classes.
 
-A snapshot `network-snapshot-{kimg:06d}.pt` (or `network-snapshot-{kimg:06d}.{rest:03d}.pt`, the exact
-number of images seen, when snapshots are less than 1 kimg apart: see `snapshot_name`) is a dict that
-`torch.load(path, weights_only=True)` can read:
+Two kinds of file live in a run directory, both dicts that `torch.load(path, weights_only=True)` can read:
 
-    format, version         'projected-gan-toolkit/snapshot', 1
+* history snapshots `network-snapshot-KKKKKK.III.pt` (name = images seen, see torch_utils.snapshot_naming),
+  one per snapshot interval, lean: the networks, no optimizer state;
+* one rolling resume file `resume-state.pt`, atomically replaced at every snapshot (and when training is
+  interrupted by SIGTERM/SIGINT): everything an exact continuation needs, optimizer states included.
+
+Layout (keys):
+
+    format, version         'projected-gan-toolkit/snapshot', 2
+    kind                    'snapshot' (lean history snapshot) or 'resume' (full resume state)
     networks                {'G': {'class_name': ..., **kwargs}, 'D': {...}}  fully resolved
                             constructor arguments (c_dim, img_resolution, img_channels included)
-    G, G_ema, D             state_dicts (CPU tensors)
-    G_opt, D_opt            optimizer state_dicts (absent in generator-only exports)
+    G, G_ema, D             state_dicts (CPU tensors); D without the parts that its config rebuilds
+    D_rebuilt               {'keys': [...], 'sha256': hex}: the state-dict entries of D left out because building
+                            D from `networks['D']` recreates them (the projected D's pretrained feature network and
+                            fixed random projection), and a digest that the rebuilt values must match
+    G_opt, D_opt            optimizer state_dicts (only in the resume file)
     progress                {'cur_nimg', 'cur_tick', 'batch_idx'}
     rng                     {'torch', 'cuda', 'numpy', 'python'} generator states
     loss_state              {name: tensor} of the loss object (e.g. StyleGAN2Loss.pl_mean)
     config                  the run's training options (the class_name + kwargs dicts etc.)
+    checksum                'sha256:<hex>' over a canonical serialisation of every other key (tensors: dtype,
+                            shape, bytes); a file whose content does not match is refused as damaged
 
-Networks are rebuilt from `networks[...]` with `construct_class_by_name`, so a snapshot stays
-loadable as long as the class of that name accepts those arguments. Writes are atomic: the file
-is written to a temporary name in the same directory, fsync'ed and renamed, so a crash (even
-SIGKILL) leaves either the previous snapshot or the new one, never a truncated file.
+Security: `weights_only=True` keeps pickled code out, and networks are rebuilt by class name only for classes of
+an allow-list (this toolkit's networks and losses, `ALLOWED_CLASSES` / `ALLOWED_MODULES`) plus the ones the user
+names (`extra_classes`, the CLIs' `--allow-class=module.Class`); the names are checked before anything is
+imported, and constructor arguments must be plain data. Writes are atomic (temporary file, fsync, rename), so a
+crash, even SIGKILL, leaves the previous file or the new one, never a truncated one.
 """
 
 import copy
 import glob
+import hashlib
 import json
 import os
 import random
 import re
+import sys
 import zipfile
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterable, Optional
 
 import numpy as np
 import torch
 
-from torch_utils import util
+from torch_utils import snapshot_naming, util
+from torch_utils.snapshot_naming import SNAPSHOT_RE, parse_snapshot_name, snapshot_sort_key  # noqa: F401  (API)
 
 FORMAT = "projected-gan-toolkit/snapshot"
-VERSION = 1
-SNAPSHOT_RE = re.compile(r"network-snapshot-(\d+)(?:\.(\d{3}))?\.pt")
+VERSION = 2
+RESUME_STATE_NAME = "resume-state.pt"
 RUN_DIR_RE = re.compile(r"(\d+)-.*")
+
+# Classes a snapshot may name: every class defined in these modules ...
+ALLOWED_MODULES = ("training.networks_fastgan", "training.networks_stylegan2")
+# ... and these.
+ALLOWED_CLASSES = frozenset([
+    "projector_plugin.ProjectedDiscriminator",
+    "projector_plugin.discriminator.ProjectedDiscriminator",
+    "projector_plugin.ProjectedGANLoss",
+    "projector_plugin.loss.ProjectedGANLoss",
+    "training.loss.StyleGAN2Loss",
+    "training.dataset.ImageFolderDataset",
+])
+ALLOW_OPTION = "--allow-class"
+
+# State-dict prefixes of discriminators whose construction recreates those entries exactly (pretrained, frozen
+# feature network; fixed-seed random projection). A D module may instead define `rebuilt_state_prefixes()`.
+_REBUILT_PREFIXES = {
+    "projector_plugin.ProjectedDiscriminator": ("feature_network.", "projection."),
+    "projector_plugin.discriminator.ProjectedDiscriminator": ("feature_network.", "projection."),
+}
 
 
 class SnapshotError(RuntimeError):
-    """A file is missing, unreadable, or not a snapshot of this toolkit."""
+    """A file is missing, unreadable, damaged, not a snapshot of this toolkit, or names a class not allowed."""
 
 
-def kimg_label(cur_nimg: int, fine: bool = False) -> str:
-    """`{kimg:06d}` (kimg = cur_nimg // 1000), or with `fine=True` the exact count: 1504 -> '000001.504'.
-
-    The training loop asks for fine labels when its outputs (snapshots, image grids) are less than 1 kimg
-    apart, where integer kimg labels would collide.
-    """
-    cur_nimg = int(cur_nimg)
-    return f"{cur_nimg // 1000:06d}.{cur_nimg % 1000:03d}" if fine else f"{cur_nimg // 1000:06d}"
+def kimg_label(cur_nimg: int, fine: Optional[bool] = None) -> str:
+    """torch_utils.snapshot_naming.kimg_label (`fine` is accepted and ignored: every label is exact)."""
+    return snapshot_naming.kimg_label(cur_nimg)
 
 
-def snapshot_name(cur_nimg: int, fine: bool = False) -> str:
-    """File name of the snapshot taken after `cur_nimg` images: `network-snapshot-{kimg_label}.pt`, e.g.
-    `network-snapshot-000001.pt`, or `network-snapshot-000001.504.pt` with `fine=True`."""
-    return f"network-snapshot-{kimg_label(cur_nimg, fine)}.pt"
-
-
-def parse_snapshot_name(name: str) -> Optional[tuple]:
-    """(kimg, images or None) of a snapshot file name, None if `name` is not one.
-
-    `images` is the exact image count of a fine name (`network-snapshot-000001.504.pt` -> (1, 1504)); an
-    integer name only says that the count lies in [kimg * 1000, kimg * 1000 + 999] (-> (kimg, None)).
-    """
-    m = SNAPSHOT_RE.fullmatch(os.path.basename(name))
-    if not m:
-        return None
-    kimg = int(m.group(1))
-    return kimg, (kimg * 1000 + int(m.group(2)) if m.group(2) is not None else None)
+def snapshot_name(cur_nimg: int, fine: Optional[bool] = None) -> str:
+    """torch_utils.snapshot_naming.snapshot_name (`fine` is accepted and ignored: every name is exact)."""
+    return snapshot_naming.snapshot_name(cur_nimg)
 
 
 def resolve_network_path(path: str) -> str:
@@ -84,7 +100,7 @@ def resolve_network_path(path: str) -> str:
     if not os.path.isfile(path):
         raise SnapshotError(f"best pointer '{path}' does not exist")
     try:
-        with open(path, "r", encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except (OSError, ValueError) as err:
         raise SnapshotError(f"cannot read best pointer '{path}': {err}") from err
@@ -98,6 +114,102 @@ def resolve_network_path(path: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# Allow-list: which classes a file may make us construct.
+
+
+def _normalize_extra(extra_classes: Iterable[str]) -> frozenset:
+    if isinstance(extra_classes, str):
+        extra_classes = [extra_classes]
+    return frozenset(str(name).strip() for name in (extra_classes or ()))
+
+
+def check_class_allowed(class_name: Any, path: str = None, extra_classes: Iterable[str] = (), what: str = "a network"):
+    """Raise SnapshotError unless `class_name` is on the allow-list or in `extra_classes` (exact dotted names).
+
+    Only the name is checked, nothing is imported: importing a module can itself run code.
+    """
+    where = f"'{path}'" if path else "the snapshot"
+    if not isinstance(class_name, str) or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", class_name):
+        raise SnapshotError(f"{where} names {what} class {class_name!r}, which is not a dotted 'module.Class' name "
+                            f"(nor one that {ALLOW_OPTION} can allow); refusing to load it")
+    if class_name in ALLOWED_CLASSES or class_name in _normalize_extra(extra_classes):
+        return
+    module, _, attr = class_name.rpartition(".")
+    if module in ALLOWED_MODULES and not attr.startswith("_"):
+        return
+    raise SnapshotError(f"{where} names {what} class '{class_name}', which is not one of this toolkit's network or "
+                        f"loss classes; refusing to build it (pass {ALLOW_OPTION}={class_name} if you trust the file)")
+
+
+def _resolve_allowed_class(class_name: str, path: str, extra_classes, what: str):
+    """The class object of an allowed name; it must be a class (defined in its module, for wildcard modules)."""
+    check_class_allowed(class_name, path, extra_classes, what)
+    try:
+        obj = util.get_obj_by_name(class_name)
+    except ImportError as err:
+        raise SnapshotError(f"'{path}' names {what} class '{class_name}', which cannot be imported: {err}") from err
+    module = class_name.rpartition(".")[0]
+    explicit = class_name in ALLOWED_CLASSES or class_name in _normalize_extra(extra_classes)
+    if not isinstance(obj, type) or (not explicit and getattr(obj, "__module__", None) != module):
+        raise SnapshotError(f"'{path}' names {what} '{class_name}', which is not a class of this toolkit; refusing to "
+                            f"call it (pass {ALLOW_OPTION}=module.Class for a class you trust)")
+    return obj
+
+
+def check_plain_data(value: Any, path: str = None, where: str = "kwargs", depth: int = 0) -> None:
+    """Raise SnapshotError unless `value` is plain data: dicts with str keys, lists, tuples, str, int, float,
+    bool, None (no tensors, callables or other objects), nested at most 32 deep."""
+    if depth > 32:
+        raise SnapshotError(f"'{path}': {where} is nested too deeply")
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise SnapshotError(f"'{path}': {where} has a non-string key {k!r}")
+            check_plain_data(v, path, f"{where}.{k}", depth + 1)
+        return
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_plain_data(v, path, f"{where}[{i}]", depth + 1)
+        return
+    raise SnapshotError(f"'{path}': {where} is a {type(value).__name__}, not plain data (str, number, bool, None, "
+                        f"list, dict); refusing to load it")
+
+
+def check_spec(spec: Any, path: str = None, extra_classes: Iterable[str] = (), what: str = "a network") -> None:
+    """Validate a {'class_name': ..., **kwargs} config read from a file: allowed class, plain-data kwargs."""
+    if not isinstance(spec, dict) or "class_name" not in spec:
+        raise SnapshotError(f"'{path}': the config of {what} is not a {{'class_name': ..., ...}} dict")
+    check_class_allowed(spec["class_name"], path, extra_classes, what)
+    check_plain_data({k: v for k, v in spec.items() if k != "class_name"}, path, f"the kwargs of {spec['class_name']}")
+
+
+def build_network(spec: Dict[str, Any], extra_classes: Iterable[str] = (), device: Any = "cpu",
+                  path: str = None) -> torch.nn.Module:
+    """Construct a network from a resolved {'class_name': ..., **kwargs} config (e.g. a snapshot's `networks['G']`).
+
+    Only allow-listed classes and those named in `extra_classes` ('module.Class' strings) are built; anything else
+    raises SnapshotError naming `path`, the class and the --allow-class option, before any import.
+    """
+    check_spec(spec, path, extra_classes)
+    kwargs = copy.deepcopy(spec)
+    cls = _resolve_allowed_class(kwargs.pop("class_name"), path, extra_classes, "a network")
+    return cls(**kwargs).to(device)
+
+
+def dataset_kwargs_from_snapshot(data: Dict[str, Any], path: str = None,
+                                 extra_classes: Iterable[str] = ()) -> Optional[Dict[str, Any]]:
+    """The validated `config['training_set_kwargs']` of a loaded snapshot (None when absent): allowed class, plain
+    data. Callers that construct the dataset from a snapshot must go through this."""
+    kwargs = (data.get("config") or {}).get("training_set_kwargs")
+    if not kwargs:
+        return None
+    check_spec(kwargs, path, extra_classes, what="a dataset")
+    return dict(kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
 # RNG state <-> tensors (numpy and Python states are tuples of arrays/ints; weights_only loading
 # accepts tensors, lists, dicts and numbers, so we convert).
 
@@ -108,7 +220,7 @@ def capture_rng_state() -> Dict[str, Any]:
     py_state = random.getstate()
     state = dict(
         torch=torch.get_rng_state(),
-        cuda=[s for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
+        cuda=list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
         numpy=dict(
             kind=str(np_state[0]),
             key=torch.from_numpy(np_state[1].astype(np.int64)),
@@ -154,22 +266,67 @@ def loss_state_dict(loss: Any) -> Dict[str, torch.Tensor]:
 
 
 def load_loss_state_dict(loss: Any, state: Dict[str, Any]) -> None:
-    """Inverse of `loss_state_dict`; tensors are moved to the device of the attribute they replace."""
+    """Inverse of `loss_state_dict`. Without a `load_state_dict` of its own, only tensor attributes that the loss
+    already has are replaced (by tensors, moved to their device and dtype): a file cannot set anything else."""
     if loss is None or not state:
         return
     if hasattr(loss, "load_state_dict") and callable(loss.load_state_dict) and not isinstance(loss, torch.nn.Module):
         loss.load_state_dict(state)
         return
     for name, value in state.items():
-        old = getattr(loss, name, None)
+        old = getattr(loss, name, None) if isinstance(name, str) and not name.startswith("_") else None
         if torch.is_tensor(old) and torch.is_tensor(value):
             setattr(loss, name, value.to(device=old.device, dtype=old.dtype))
-        else:
-            setattr(loss, name, value.clone() if torch.is_tensor(value) else value)
 
 
 # ---------------------------------------------------------------------------------------------
-# Saving and loading.
+# Checksum: a canonical serialisation of the content (independent of torch's zip layout).
+
+
+def _feed(h, obj) -> None:
+    if torch.is_tensor(obj):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}|".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)}|".encode())
+        for k in sorted(obj, key=repr):
+            _feed(h, k)
+            _feed(h, obj[k])
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"L{len(obj)}|".encode())
+        for v in obj:
+            _feed(h, v)
+    elif isinstance(obj, bool) or obj is None:
+        h.update(f"{obj!r}|".encode())
+    elif isinstance(obj, int):
+        h.update(f"I{obj}|".encode())
+    elif isinstance(obj, float):
+        h.update(f"F{obj.hex()}|".encode())
+    elif isinstance(obj, str):
+        b = obj.encode("utf-8", "surrogatepass")
+        h.update(f"S{len(b)}|".encode())
+        h.update(b)
+    else:
+        raise TypeError(f"cannot store a {type(obj).__name__} in a snapshot (plain data and tensors only)")
+
+
+def content_digest(data: Dict[str, Any]) -> str:
+    """'sha256:<hex>' of every key of `data` except 'checksum'."""
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in data.items() if k != "checksum"})
+    return "sha256:" + h.hexdigest()
+
+
+def _tensor_digest(tensors: Dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    _feed(h, tensors)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving.
 
 
 def cpu_state_dict(module: torch.nn.Module) -> Dict[str, torch.Tensor]:
@@ -189,8 +346,32 @@ def _to_cpu(obj):
     return obj
 
 
+def rebuilt_state_keys(module: torch.nn.Module, spec: Optional[Dict[str, Any]]) -> list:
+    """State-dict keys of `module` that constructing it from `spec` recreates exactly, so snapshots leave them out.
+
+    The module's own `rebuilt_state_prefixes()` decides when it has one; otherwise the projected discriminator's
+    `feature_network.` (pretrained backbone) and `projection.` (fixed-seed random projection) entries, unless it
+    was built with pretrained=False (a random backbone is not reproducible). Entries that are trainable parameters
+    are never left out.
+    """
+    if hasattr(module, "rebuilt_state_prefixes") and callable(module.rebuilt_state_prefixes):
+        prefixes = tuple(module.rebuilt_state_prefixes())
+    elif spec and spec.get("class_name") in _REBUILT_PREFIXES and spec.get("pretrained", True) is not False:
+        prefixes = _REBUILT_PREFIXES[spec["class_name"]]
+    else:
+        prefixes = ()
+    if not prefixes:
+        return []
+    trainable = {name for name, p in module.named_parameters() if p.requires_grad}
+    return [k for k in module.state_dict() if k.startswith(prefixes) and k not in trainable]
+
+
 def atomic_torch_save(obj: Any, path: str) -> None:
-    """torch.save to a temporary file in the destination directory, fsync, then rename over `path`."""
+    """torch.save to a temporary file in the destination directory, fsync, then rename over `path`.
+
+    Raises util.DiskFullError ("no space left on device at PATH") when the disk or quota is full; `path` keeps
+    its previous content and no temporary file stays behind.
+    """
     # The writer's PID is part of the temporary name so that leftovers of a killed writer can be told apart
     # from a file that a live process is still writing (see remove_stale_temp_files).
     util.atomic_write(path, lambda f: torch.save(obj, f), tag=f"{os.getpid()}.", durable=True)
@@ -212,12 +393,14 @@ def save_snapshot(
 ) -> str:
     """Write a snapshot atomically and return its path. See the module docstring for the layout.
 
-    `networks` maps 'G' (and 'D') to the fully resolved constructor config ({'class_name': ...,
-    **kwargs}); it must be JSON-like (dicts, lists, str, numbers, bool, None).
+    With optimizers the file is a full resume state (kind 'resume'), without them a lean history snapshot.
+    `networks` maps 'G' (and 'D') to the fully resolved constructor config ({'class_name': ..., **kwargs});
+    it must be JSON-like (dicts, lists, str, numbers, bool, None).
     """
     data = dict(
         format=FORMAT,
         version=VERSION,
+        kind="resume" if (G_opt is not None or D_opt is not None) else "snapshot",
         networks=copy.deepcopy(networks),
         G=cpu_state_dict(G),
         G_ema=cpu_state_dict(G_ema),
@@ -227,131 +410,248 @@ def save_snapshot(
         config=copy.deepcopy(config) if config is not None else {},
     )
     if D is not None:
-        data["D"] = cpu_state_dict(D)
+        state = cpu_state_dict(D)
+        keys = rebuilt_state_keys(D, networks.get("D"))
+        if keys:
+            data["D_rebuilt"] = dict(keys=keys, sha256=_tensor_digest({k: state[k] for k in keys}))
+            state = {k: v for k, v in state.items() if k not in set(keys)}
+        data["D"] = state
     if G_opt is not None:
         data["G_opt"] = _to_cpu(G_opt.state_dict())
     if D_opt is not None:
         data["D_opt"] = _to_cpu(D_opt.state_dict())
+    data["checksum"] = content_digest(data)
     atomic_torch_save(data, path)
     return path
 
 
-def load_snapshot(path: str, map_location: Any = "cpu", mmap: bool = False) -> Dict[str, Any]:
-    """Load a snapshot with `torch.load(weights_only=True)` and check that it is one of ours.
+# ---------------------------------------------------------------------------------------------
+# Loading.
 
-    `path` may also be a best-*.json pointer (see `resolve_network_path`). Raises SnapshotError (naming the
-    file) when it is missing, truncated or of another format.
+_warned_unchecked = set()
+
+
+def load_snapshot(path: str, map_location: Any = "cpu", mmap: bool = False,
+                  extra_classes: Iterable[str] = ()) -> Dict[str, Any]:
+    """Load a snapshot or resume file with `torch.load(weights_only=True)` and check it before anyone uses it.
+
+    `path` may also be a best-*.json pointer (see `resolve_network_path`). Raises SnapshotError (naming the file)
+    when it is missing, truncated, damaged (checksum mismatch), of another format, or names a network class that
+    is neither allow-listed nor in `extra_classes`. Files of format version 1 (no checksum) load with a one-time
+    warning on stderr.
     """
     path = resolve_network_path(path)
     if not os.path.isfile(path):
         raise SnapshotError(f"snapshot '{path}' does not exist")
     if not zipfile.is_zipfile(path):
-        raise SnapshotError(f"'{path}' is not a snapshot written by torch.save (truncated or another format)")
+        raise SnapshotError(f"'{path}' is not a snapshot written by torch.save (truncated, damaged or another format)")
     try:
         data = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # torch raises a zoo of types for bad files
-        raise SnapshotError(f"cannot load snapshot '{path}': {err}") from err
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SnapshotError(f"cannot load snapshot '{path}' (damaged or truncated?): {msg}") from err
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise SnapshotError(f"'{path}' is not a training snapshot of this toolkit (no '{FORMAT}' marker)")
-    if int(data.get("version", 0)) > VERSION:
-        raise SnapshotError(f"'{path}' has snapshot version {data['version']}; this code reads up to {VERSION}")
+    try:
+        version = int(data.get("version", 0))
+    except (TypeError, ValueError):
+        raise SnapshotError(f"'{path}' is damaged (unreadable version)") from None
+    if version > VERSION:
+        raise SnapshotError(f"'{path}' has snapshot version {version}; this code reads up to {VERSION}")
+    if "checksum" in data:
+        try:
+            ok = data["checksum"] == content_digest(data)
+        except TypeError:
+            ok = False
+        if not ok:
+            raise SnapshotError(f"'{path}' is damaged (checksum mismatch): its content changed after it was written; "
+                                f"use another snapshot")
+    elif version >= 2:
+        raise SnapshotError(f"'{path}' is damaged (checksum missing)")
+    elif path not in _warned_unchecked:
+        _warned_unchecked.add(path)
+        print(f"Warning: '{path}' has no checksum (snapshot format version {version}); it cannot be checked for "
+              f"damage", file=sys.stderr)
+    networks = data.get("networks")
+    if not isinstance(networks, dict):
+        raise SnapshotError(f"'{path}' has no 'networks' config")
+    for name, spec in networks.items():
+        check_spec(spec, path, extra_classes, what=f"the {name} network")
     return data
 
 
-def build_network(net_config: Dict[str, Any], device: Any = "cpu") -> torch.nn.Module:
-    """Construct a network from a resolved {'class_name': ..., **kwargs} config."""
-    kwargs = copy.deepcopy(net_config)
-    return util.construct_class_by_name(**kwargs).to(device)
+def load_state(module: torch.nn.Module, data: Dict[str, Any], name: str, path: str = None) -> None:
+    """Load `data[name]` (a state dict, 'G', 'G_ema' or 'D') into `module`, in place.
+
+    Entries listed in `data[name + '_rebuilt']` were left out on saving: `module`, built from the same config, must
+    hold exactly those and with the stored digest (else the file was trained with other frozen weights).
+    Raises SnapshotError naming the file when anything does not fit.
+    """
+    rebuilt = data.get(f"{name}_rebuilt")
+    try:
+        if not rebuilt:
+            module.load_state_dict(data[name], strict=True)
+            return
+        result = module.load_state_dict(data[name], strict=False)
+    except (RuntimeError, KeyError) as err:
+        raise SnapshotError(f"'{path}': the {name} weights do not fit the network built from the options "
+                            f"(resume with the same --cfg/--loss/width options as the original run): {err}") from err
+    keys = list(rebuilt.get("keys", []))
+    if result.unexpected_keys or set(result.missing_keys) != set(keys):
+        raise SnapshotError(f"'{path}': the {name} weights do not fit the network built from its config (missing "
+                            f"{sorted(set(result.missing_keys) - set(keys))[:5]}, unexpected "
+                            f"{sorted(result.unexpected_keys)[:5]})")
+    own = module.state_dict()
+    if _tensor_digest({k: own[k].detach().cpu() for k in keys}) != rebuilt.get("sha256"):
+        raise SnapshotError(f"'{path}': the frozen parts of {name} rebuilt from its config (e.g. the pretrained "
+                            f"feature network) differ from the ones it was trained with; use the same backbone "
+                            f"weights as the original run")
 
 
-def load_generator(path: str, which: str = "G_ema", device: Any = "cpu") -> torch.nn.Module:
+def load_generator(path: str, which: str = "G_ema", device: Any = "cpu",
+                   extra_classes: Iterable[str] = ()) -> torch.nn.Module:
     """Rebuild the generator stored in snapshot `path` and load weights `which` ('G_ema' or 'G').
 
+    `extra_classes`: 'module.Class' names the user allows besides the built-in allow-list (--allow-class).
     Returns the network in eval mode, with requires_grad=False, on `device`.
     """
     if which not in ("G_ema", "G"):
         raise ValueError(f"which must be 'G_ema' or 'G', got {which!r}")
-    data = load_snapshot(path)
-    if which not in data:
+    data = load_snapshot(path, extra_classes=extra_classes)
+    path = resolve_network_path(path)
+    if which not in data or "G" not in data["networks"]:
         raise SnapshotError(f"snapshot '{path}' has no '{which}' weights")
-    net = build_network(data["networks"]["G"], device="cpu")
-    net.load_state_dict(data[which], strict=True)
+    net = build_network(data["networks"]["G"], extra_classes, device="cpu", path=path)
+    load_state(net, data, which, path)
     return net.eval().requires_grad_(False).to(device)
 
 
-def load_discriminator(path: str, device: Any = "cpu") -> torch.nn.Module:
-    """Rebuild the discriminator stored in snapshot `path` (eval mode, on `device`)."""
-    data = load_snapshot(path)
-    if "D" not in data:
+def load_discriminator(path: str, device: Any = "cpu", extra_classes: Iterable[str] = ()) -> torch.nn.Module:
+    """Rebuild the discriminator stored in snapshot `path` (eval mode, on `device`); its frozen parts are rebuilt
+    from its config and checked against the digest stored with it."""
+    data = load_snapshot(path, extra_classes=extra_classes)
+    path = resolve_network_path(path)
+    if "D" not in data or "D" not in data["networks"]:
         raise SnapshotError(f"snapshot '{path}' has no discriminator weights")
-    net = build_network(data["networks"]["D"], device="cpu")
-    net.load_state_dict(data["D"], strict=True)
+    net = build_network(data["networks"]["D"], extra_classes, device="cpu", path=path)
+    load_state(net, data, "D", path)
     return net.eval().requires_grad_(False).to(device)
 
 
-def _order_snapshots(entries):
-    """Sort [(group, name_info, mtime, path)] by images seen within each group (e.g. a run dir).
-
-    Fine names give the exact count; an integer name only its kimg, so two snapshots of the same kimg of which
-    one has an integer name are ordered by modification time (they come from runs with different settings).
-    """
-    ambiguous = {}
-    for group, (kimg, nimg), _, _ in entries:
-        key = (group, kimg)
-        ambiguous[key] = ambiguous.get(key, False) or nimg is None
-
-    def key(entry):
-        group, (kimg, nimg), mtime, path = entry
-        exact = nimg if nimg is not None else kimg * 1000
-        tie = (mtime, exact) if ambiguous[(group, kimg)] else (exact, mtime)
-        return (group, kimg, tie, path)
-
-    return sorted(entries, key=key)
+# ---------------------------------------------------------------------------------------------
+# Finding snapshots and resume files.
 
 
 def list_snapshots(directory: str) -> list:
-    """Snapshot files directly in `directory`, oldest first by images seen (see `_order_snapshots`)."""
-    entries = []
-    for path in glob.glob(os.path.join(glob.escape(directory), "network-snapshot-*.pt")):
-        info = parse_snapshot_name(path)
-        if info is None:
-            continue
-        try:
-            entries.append((0, info, os.path.getmtime(path), path))
-        except OSError:
-            continue
-    return [e[-1] for e in _order_snapshots(entries)]
+    """History snapshot files directly in `directory`, oldest first by images seen (see snapshot_sort_key)."""
+    paths = [p for p in glob.glob(os.path.join(glob.escape(directory), "network-snapshot-*.pt"))
+             if parse_snapshot_name(p) is not None]
+    return sorted(paths, key=snapshot_sort_key)
+
+
+def _run_dirs(outdir: str) -> list:
+    """[(run_id, dir)]: `outdir` itself (id -1) and its `NNNNN-*` subdirectories, oldest run first."""
+    runs = [(-1, outdir)]
+    for name in os.listdir(outdir):
+        m = RUN_DIR_RE.fullmatch(name)
+        if m and os.path.isdir(os.path.join(outdir, name)):
+            runs.append((int(m.group(1)), os.path.join(outdir, name)))
+    return sorted(runs)
 
 
 def find_latest(outdir: str) -> Optional[str]:
-    """Newest snapshot under `outdir`: in the highest-numbered run dir `NNNNN-*` that has one, the most images seen.
-
-    Looks in `outdir` itself too (a run dir passed directly). Returns None when there is none.
-    Temporary files of interrupted writes never match, so a crashed save is never picked.
-    """
+    """Newest history snapshot under `outdir`: in the highest-numbered run dir `NNNNN-*` that has one, the most
+    images seen. Looks in `outdir` itself too (a run dir passed directly). Returns None when there is none.
+    Temporary files of interrupted writes never match, so a crashed save is never picked."""
     if not os.path.isdir(outdir):
         return None
-    entries = []
-    for path in glob.glob(os.path.join(glob.escape(outdir), "network-snapshot-*.pt")) + glob.glob(
-        os.path.join(glob.escape(outdir), "*", "network-snapshot-*.pt")
-    ):
-        info = parse_snapshot_name(path)
-        if info is None:
-            continue
-        parent = os.path.basename(os.path.dirname(os.path.abspath(path)))
-        run = RUN_DIR_RE.fullmatch(parent)
-        run_id = int(run.group(1)) if run and os.path.abspath(os.path.dirname(path)) != os.path.abspath(outdir) else -1
-        try:
-            mtime = os.path.getmtime(path)
-        except OSError:
-            continue
-        entries.append((run_id, info, mtime, path))
-    if not entries:
+    for _, run in reversed(_run_dirs(outdir)):
+        snaps = list_snapshots(run)
+        if snaps:
+            return snaps[-1]
+    return None
+
+
+def find_resume(outdir: str) -> Optional[str]:
+    """What `--resume=latest` continues: in the highest-numbered run dir under `outdir` (or `outdir` itself) that
+    has a resume file or a history snapshot, its `resume-state.pt`, else its newest history snapshot."""
+    if not os.path.isdir(outdir):
         return None
-    return _order_snapshots(entries)[-1][-1]
+    for _, run in reversed(_run_dirs(outdir)):
+        found = _resume_in_run_dir(run)
+        if found:
+            return found
+    return None
 
 
-_TEMP_RE = re.compile(r"\.network-snapshot-\d+(?:\.\d{3})?\.pt\.(\d+)\..*\.tmp")
+def _resume_in_run_dir(run_dir: str) -> Optional[str]:
+    state = os.path.join(run_dir, RESUME_STATE_NAME)
+    if os.path.isfile(state):
+        return state
+    snaps = list_snapshots(run_dir)
+    return snaps[-1] if snaps else None
+
+
+def resolve_resume(resume: str, outdir: Optional[str] = None) -> str:
+    """The file that `--resume=VALUE` designates: 'latest' (see `find_resume`, under `outdir`), a run directory
+    (its resume-state.pt, else its newest history snapshot), or a file (resume file, history snapshot or
+    best-*.json pointer). Raises SnapshotError naming what is missing."""
+    if resume == "latest":
+        if outdir is None:
+            raise SnapshotError("--resume=latest needs the output directory to search")
+        found = find_resume(outdir)
+        if found is None:
+            raise SnapshotError(f"--resume=latest: no {RESUME_STATE_NAME} or network-snapshot-*.pt under '{outdir}'")
+        return found
+    if os.path.isdir(resume):
+        found = _resume_in_run_dir(resume)
+        if found is None:
+            raise SnapshotError(f"run directory '{resume}' has no {RESUME_STATE_NAME} or network-snapshot-*.pt")
+        return found
+    if not os.path.isfile(resume):
+        raise SnapshotError(f"'{resume}' does not exist (give a resume file, a snapshot, a run directory or "
+                            f"'latest')")
+    return resolve_network_path(resume)
+
+
+def _protected_snapshots(run_dir: str) -> set:
+    """Base names of snapshots that best-*.json pointers in `run_dir` refer to."""
+    names = set()
+    for pointer in glob.glob(os.path.join(glob.escape(run_dir), "best-*.json")):
+        try:
+            with open(pointer, encoding="utf-8") as f:
+                snap = json.load(f).get("snapshot_pkl")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(snap, str):
+            names.add(os.path.basename(snap))
+    return names
+
+
+def prune_snapshots(run_dir: str, keep: int) -> list:
+    """Delete all but the newest `keep` history snapshots in `run_dir` (keep <= 0: delete none). Snapshots that a
+    best-*.json pointer names are kept as well. Returns the removed paths."""
+    if keep is None or keep <= 0:
+        return []
+    snaps = list_snapshots(run_dir)
+    protected = _protected_snapshots(run_dir)
+    removed = []
+    for path in snaps[:-keep]:
+        if os.path.basename(path) in protected:
+            continue
+        try:
+            os.unlink(path)
+            removed.append(path)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+# ---------------------------------------------------------------------------------------------
+# Leftovers of killed writers.
+
+_TEMP_RE = re.compile(r"\.(?:network-snapshot-\d+(?:\.\d{3})?\.pt|" + re.escape(RESUME_STATE_NAME)
+                      + r")\.(\d+)\..*\.tmp")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -365,10 +665,8 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_temp_files(directory: str) -> list:
-    """Delete half-written snapshot temp files whose writer process no longer exists (e.g. SIGKILLed).
-
-    Returns the removed paths. Files of live processes on this machine are kept.
-    """
+    """Delete half-written snapshot/resume temp files in `directory` whose writer process no longer exists (e.g.
+    SIGKILLed). Returns the removed paths. Files of live processes on this machine are kept."""
     removed = []
     if not os.path.isdir(directory):
         return removed
@@ -380,4 +678,14 @@ def remove_stale_temp_files(directory: str) -> list:
                 removed.append(os.path.join(directory, name))
             except OSError:
                 pass
+    return removed
+
+
+def clean_stale_temp_files(outdir: str) -> list:
+    """`remove_stale_temp_files` in `outdir` and in every run directory under it. Returns the removed paths."""
+    if not os.path.isdir(outdir):
+        return []
+    removed = []
+    for _, run in _run_dirs(outdir):
+        removed.extend(remove_stale_temp_files(run))
     return removed

@@ -11,38 +11,91 @@ is processed by rank `j % world_size` in accumulation round `j // world_size`. B
 processed the global torch RNG is re-seeded from (seed, step, phase, chunk), and the data sampler
 deals the same global index stream into the same chunks whatever the number of processes. Hence
 
-  * a run is a pure function of (options, cur_nimg): resuming from a snapshot continues *exactly*
-    (bitwise on CPU) as if the run had never stopped, because the data iterator is re-created and
-    fast-forwarded to cur_nimg and no RNG state carries over between steps;
+  * a run is a pure function of (options, cur_nimg): resuming from the resume file continues *exactly*
+    (bitwise on CPU) as if the run had never stopped, even after a SIGTERM mid-tick, because the data
+    iterator is re-created and fast-forwarded to cur_nimg and no RNG state carries over between steps;
   * 1 process x 2 accumulation rounds and 2 processes x 1 round see the same latents, the same
     augmentations and the same real images in the same chunks (results then differ only by
     floating-point reduction order and by per-rank BatchNorm/spectral-norm buffers);
   * tick-end work (image grids, metrics, snapshots) cannot perturb training.
 The RNG states are still stored in snapshots (and restored) for code that draws outside chunks.
+
+Stopping (SIGTERM/SIGINT): the handler only sets a flag; the flag travels in the per-step all-reduce of
+the non-finite-loss flags (no extra sync), so every rank learns it at the same step and stops at the same
+step boundary, where rank 0 writes the resume file.
 """
 
+import contextlib
 import copy
 import inspect
 import itertools
 import json
 import os
+import signal
+import threading
 import time
 from collections import deque
 from typing import Any, Dict, List, Optional
 
 import numpy as np
-import PIL.Image
 import psutil
 import torch
 
 from torch_utils import distributed as dist
-from torch_utils import training_stats
-from torch_utils import util
+from torch_utils import training_stats, util
+from torch_utils.image_io import save_image_grid
+from torch_utils.snapshot_naming import kimg_label, snapshot_name
 from training import snapshot as snapshot_lib
 
 
 class NonFiniteLossError(RuntimeError):
     """Raised when a loss becomes NaN/inf; the message names the step, kimg and phase."""
+
+
+# A snapshot or resume-file write failed on a full disk (or quota): an OSError with errno ENOSPC/EDQUOT whose
+# message starts with "no space left on device at PATH". The files written before stay intact.
+DiskFullError = util.DiskFullError
+
+
+class TrainingInterrupted(Exception):
+    """SIGTERM/SIGINT stopped training; `signum` is the signal, the message says what was saved."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+
+
+class _StopRequest:
+    """Set by the SIGTERM/SIGINT handler; the loop stops at the next step boundary that all ranks agree on.
+
+    A second signal stops at once (raising TrainingInterrupted from the handler; a file write in progress removes
+    its temporary file, see util.atomic_write).
+    """
+
+    def __init__(self):
+        self.signum = None
+
+    def handler(self, signum, frame):
+        if self.signum is not None:
+            raise TrainingInterrupted(signum, f"interrupted twice ({signal.Signals(signum).name}): stopped at once; "
+                                              f"the snapshots and resume file written before are intact")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _stop_signal_handlers(stop: _StopRequest):
+    """Route SIGTERM and SIGINT to `stop` while the block runs (main thread only; others keep the defaults)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {}
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            old[sig] = signal.signal(sig, stop.handler)
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -98,31 +151,6 @@ def default_grid_size(resolution: int) -> List[int]:
     return [int(np.clip(1920 // resolution, 4, 16)), int(np.clip(1080 // resolution, 4, 16))]
 
 
-def save_image_grid(images, fname: str, drange=(-1, 1), grid_size=None) -> None:
-    """Tile images [N, C, H, W] (tensor or array, values in `drange`) into a PNG with `grid_size`=[cols, rows]."""
-    if torch.is_tensor(images):
-        images = images.detach().cpu().to(torch.float32).numpy()
-    images = np.asarray(images, dtype=np.float32)
-    lo, hi = drange
-    images = np.rint((images - lo) * (255 / (hi - lo))).clip(0, 255).astype(np.uint8)
-    n, c, h, w = images.shape
-    if grid_size is None:
-        cols = int(np.ceil(np.sqrt(n)))
-        grid_size = [cols, int(np.ceil(n / cols))]
-    gw, gh = grid_size
-    if n < gw * gh:  # pad with black tiles
-        images = np.concatenate([images, np.zeros([gw * gh - n, c, h, w], np.uint8)])
-    images = images[: gw * gh].reshape(gh, gw, c, h, w).transpose(0, 3, 1, 4, 2).reshape(gh * h, gw * w, c)
-    tmp = fname + ".tmp.png"
-    if c == 1:
-        PIL.Image.fromarray(images[:, :, 0], "L").save(tmp)
-    elif c == 3:
-        PIL.Image.fromarray(images, "RGB").save(tmp)
-    else:
-        raise ValueError(f"cannot save images with {c} channels as PNG")
-    os.replace(tmp, fname)
-
-
 def setup_snapshot_image_grid(training_set, grid_size, random_seed=0):
     """Pick grid_size[0]*grid_size[1] training images (a fixed, seeded choice).
 
@@ -161,7 +189,8 @@ class LossWatch:
     """Forwards loss reports to training_stats and flags non-finite values on the device.
 
     `end_step()` closes a step: it reduces the step's flags to one "any non-finite" value, all-reduces
-    it over the ranks (MAX) and starts an asynchronous copy to the host. `check()`, called by the
+    it over the ranks (MAX) together with this rank's "stop requested" flag (a signal), and starts an
+    asynchronous copy to the host. `check()`, called by the
     loop after it has queued the *next* step, waits only for that copy (a CUDA event), so the GPU
     queue never drains; before snapshots the loop calls `end_step()` + `check()` back to back.
     """
@@ -181,12 +210,14 @@ class LossWatch:
             self.current[key] = self.current[key] + bad if key in self.current else bad
         return value
 
-    def end_step(self, batch_idx: int, cur_nimg: int) -> None:
+    def end_step(self, batch_idx: int, cur_nimg: int, stop: bool = False) -> None:
         """Close this step's flags and start moving them to the host; `check()` looks at them."""
         keys = sorted(self.current)
         local = torch.cat([self.current[k] for k in keys]) if keys else torch.zeros([1], device=self.device)
-        any_bad = local.max().reshape([1]).to(self.device)
-        any_bad = dist.all_reduce_max(any_bad)  # every rank must stop together
+        stop_flag = torch.full([1], float(bool(stop)), device=self.device)
+        # [any non-finite, any rank asked to stop]: every rank must stop together.
+        any_bad = torch.cat([local.max().reshape([1]).to(self.device), stop_flag])
+        any_bad = dist.all_reduce_max(any_bad)
         event = None
         if self.device.type == "cuda":
             local, any_bad = local.to("cpu", non_blocking=True), any_bad.to("cpu", non_blocking=True)
@@ -195,16 +226,17 @@ class LossWatch:
         self.pending = (keys, local, any_bad, event, batch_idx, cur_nimg)
         self.current = {}
 
-    def check(self) -> None:
-        """Raise NonFiniteLossError if the closed step saw a non-finite loss on any rank."""
+    def check(self) -> bool:
+        """Raise NonFiniteLossError if the closed step saw a non-finite loss on any rank; else return whether any
+        rank asked to stop at that step (False when no step is pending)."""
         if self.pending is None:
-            return
+            return False
         keys, local, any_bad, event, batch_idx, cur_nimg = self.pending
         self.pending = None
         if event is not None:
             event.synchronize()
         if float(any_bad[0]) == 0:
-            return
+            return bool(float(any_bad[1]) > 0)
         bad = [k for k, v in zip(keys, local.tolist()) if v > 0]
         where = ", ".join(f"'{name}' in phase {phase}" for phase, name in bad) if bad else "another rank's losses"
         raise NonFiniteLossError(
@@ -215,7 +247,8 @@ class LossWatch:
 
 def _all_finite(modules, device) -> bool:
     """True when every float parameter and buffer of `modules` is finite on every rank (collective)."""
-    tensors = [t.detach() for m in modules for t in itertools.chain(m.parameters(), m.buffers()) if t.is_floating_point()]
+    tensors = [t.detach() for m in modules for t in itertools.chain(m.parameters(), m.buffers())
+               if t.is_floating_point()]
     bad = torch.zeros([1], device=device)
     if tensors:
         bad += (~torch.stack([torch.isfinite(t).all() for t in tensors]).all()).to(bad.dtype)
@@ -289,21 +322,41 @@ def training_loop(
     kimg_per_tick: float = 4,           # Progress print / stats interval.
     image_snapshot_ticks: Optional[int] = 50,    # Fakes grid every N ticks (None: never).
     network_snapshot_ticks: Optional[int] = 50,  # Snapshot (+ metrics) every N ticks (None: never).
-    resume: Optional[str] = None,       # Snapshot path to continue from.
+    resume: Optional[str] = None,       # Resume file, history snapshot, run dir, or 'latest' (under run_dir's parent).
+    snapshot_keep: int = 0,             # History snapshots to keep in run_dir: 0 = all, N = the newest N.
     grid_size: Optional[list] = None,   # [columns, rows] of reals.png / fakes*.png; None: from resolution.
     cudnn_benchmark: bool = True,       # torch.backends.cudnn.benchmark.
     **extra_options,                    # Recorded in snapshots' config (e.g. the CLI's choices); unused here.
 ) -> Dict[str, Any]:
-    """Train. Returns {'run_dir', 'cur_nimg', 'last_snapshot', 'sec_per_kimg', 'peak_gpu_mem', 'G', 'G_ema', 'D'}
-    (speed and CUDA peak memory in bytes of the last tick; the networks as trained).
+    """Train. Returns {'run_dir', 'cur_nimg', 'last_snapshot', 'resume_state', 'sec_per_kimg', 'peak_gpu_mem', 'G',
+    'G_ema', 'D'} (speed and CUDA peak memory in bytes of the last tick; the networks as trained).
 
-    Raises NonFiniteLossError when a loss goes NaN/inf (the last good snapshot stays the newest).
+    At every network snapshot, rank 0 writes the run's rolling resume file `resume-state.pt` (full state,
+    optimizers included) and a lean history snapshot `network-snapshot-*.pt`. While it runs in the main thread,
+    SIGTERM/SIGINT stop training at the next step boundary: the resume file is written, one line says so, and
+    TrainingInterrupted is raised (a second signal stops at once, without saving).
+
+    Raises NonFiniteLossError when a loss goes NaN/inf (the last good snapshot stays the newest), DiskFullError
+    when a snapshot cannot be written for lack of space (the earlier files stay intact), SnapshotError for a bad
+    resume file.
     """
-    options = {k: v for k, v in locals().items() if k not in ("rank", "device", "extra_options")}
+    kwargs = dict(locals())
+    stop = _StopRequest()
+    with _stop_signal_handlers(stop):
+        return _train(stop=stop, **kwargs)
+
+
+def _train(*, stop: _StopRequest, run_dir, training_set_kwargs, data_loader_kwargs, G_kwargs, D_kwargs, G_opt_kwargs,
+           D_opt_kwargs, loss_kwargs, metrics, random_seed, num_gpus, rank, device, batch_size, batch_gpu, ema_kimg,
+           ema_rampup, G_reg_interval, D_reg_interval, total_kimg, kimg_per_tick, image_snapshot_ticks,
+           network_snapshot_ticks, resume, snapshot_keep, grid_size, cudnn_benchmark, extra_options):
+    """The body of `training_loop` (same arguments), run with the stop-signal handlers installed."""
+    options = {k: v for k, v in locals().items() if k not in ("rank", "device", "extra_options", "stop")}
     options.update(extra_options)
     start_time = time.time()
     if device is None:
-        device = torch.device("cuda", rank % max(torch.cuda.device_count(), 1)) if torch.cuda.is_available() else torch.device("cpu")
+        use_cuda = torch.cuda.is_available()
+        device = torch.device("cuda", rank % max(torch.cuda.device_count(), 1)) if use_cuda else torch.device("cpu")
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -317,20 +370,32 @@ def training_loop(
     np.random.seed(random_seed % (1 << 32))
     torch.manual_seed(random_seed)
     training_stats.reset()
-    training_stats.init_multiprocessing(rank=rank, sync_device=device if (world > 1 and device.type == "cuda") else None)
+    training_stats.init_multiprocessing(rank=rank,
+                                        sync_device=device if (world > 1 and device.type == "cuda") else None)
 
     def log(msg=""):
         if rank == 0:
             print(msg, flush=True)
 
-    # Resume: read the snapshot first so that a bad file fails before anything heavy happens.
+    # Resume: read the snapshot first so that a bad file fails before anything heavy happens. The networks are
+    # built from the current options below, never from classes the file names (load_snapshot also refuses files
+    # naming classes off the allow-list).
     resume_data = None
+    resume_path = None
     if resume is not None:
-        log(f"Resuming from '{resume}'")
-        resume_data = snapshot_lib.load_snapshot(resume, map_location="cpu")
-        for key in ("G", "G_ema", "D", "G_opt", "D_opt", "progress"):
+        outdir = os.path.dirname(os.path.abspath(run_dir))
+        resume_path = snapshot_lib.resolve_resume(resume, outdir=outdir)
+        log(f"Resuming from '{resume_path}'")
+        if rank == 0:
+            for path in snapshot_lib.clean_stale_temp_files(outdir):
+                log(f"Removed a half-written snapshot left by a killed run: {path}")
+        resume_data = snapshot_lib.load_snapshot(resume_path, map_location="cpu")
+        for key in ("G", "G_ema", "D", "progress"):
             if key not in resume_data:
-                raise snapshot_lib.SnapshotError(f"'{resume}' has no '{key}': it is not a full training snapshot")
+                raise snapshot_lib.SnapshotError(f"'{resume_path}' has no '{key}': it is not a training snapshot")
+        if "G_opt" not in resume_data or "D_opt" not in resume_data:
+            log(f"Warning: '{resume_path}' is a history snapshot without optimizer state: the optimizers restart "
+                f"from zero (resume from the run's {snapshot_lib.RESUME_STATE_NAME} to continue exactly)")
 
     # Dataset.
     log("Loading training set...")
@@ -339,7 +404,8 @@ def training_loop(
     start_nimg = int(resume_data["progress"]["cur_nimg"]) if resume_data else 0
     from training import dataset as dataset_lib  # imported here so stand-in datasets work without it in tests
 
-    base_sampler = dataset_lib.InfiniteSampler(dataset=training_set, rank=0, num_replicas=1, shuffle=True, seed=random_seed)
+    base_sampler = dataset_lib.InfiniteSampler(dataset=training_set, rank=0, num_replicas=1, shuffle=True,
+                                               seed=random_seed)
     sampler = ChunkSampler(base_sampler, rank=rank, world_size=world, batch_gpu=batch_gpu, start=start_nimg)
     loader_kwargs = dict(data_loader_kwargs)
     if loader_kwargs.get("num_workers", 0) == 0:
@@ -381,13 +447,7 @@ def training_loop(
     G_ema.requires_grad_(False)
     if resume_data is not None:
         for name, module in (("G", G), ("G_ema", G_ema), ("D", D)):
-            try:
-                module.load_state_dict(resume_data[name], strict=True)
-            except RuntimeError as err:
-                raise snapshot_lib.SnapshotError(
-                    f"'{resume}': the {name} weights do not fit the network built from the current options "
-                    f"(resume with the same --cfg/--loss/width options as the original run): {err}"
-                ) from err
+            snapshot_lib.load_state(module, resume_data, name, resume_path)
     # Every rank starts from rank 0's weights (initializations may differ per process).
     for module in (G, D, G_ema):
         dist.broadcast_module(module, src=0)
@@ -417,9 +477,13 @@ def training_loop(
             phases.append(util.EasyDict(name=name + "reg", params=params, opt=opt, interval=int(reg_interval)))
         optimizers[name] = opt
     # StyleGAN order: Gmain, Greg, Dmain, Dreg.
-    if resume_data is not None:
-        optimizers["G"].load_state_dict(resume_data["G_opt"])
-        optimizers["D"].load_state_dict(resume_data["D_opt"])
+    if resume_data is not None and "G_opt" in resume_data and "D_opt" in resume_data:
+        try:
+            optimizers["G"].load_state_dict(resume_data["G_opt"])
+            optimizers["D"].load_state_dict(resume_data["D_opt"])
+        except (ValueError, KeyError, RuntimeError) as err:
+            raise snapshot_lib.SnapshotError(f"'{resume_path}': the optimizer states do not fit the current options: "
+                                             f"{err}") from err
 
     # Loss.
     watch = LossWatch([p.name for p in phases], device)
@@ -449,7 +513,8 @@ def training_loop(
         if image_snapshot_ticks is not None:
             save_image_grid(generate_grid(G_ema, grid_z, grid_c, batch_gpu), os.path.join(run_dir, "fakes_init.png"),
                             grid_size=grid_size)
-        stats_jsonl = open(os.path.join(run_dir, "stats.jsonl"), "at", encoding="utf-8")
+        # Appended to line by line for the whole run; closed after the loop.
+        stats_jsonl = open(os.path.join(run_dir, "stats.jsonl"), "a", encoding="utf-8")  # noqa: SIM115
         try:
             from torch.utils import tensorboard  # noqa: F401  (only when the tensorboard package exists)
 
@@ -477,14 +542,40 @@ def training_loop(
     maintenance_time = tick_start_time - start_time
     stats_collector = training_stats.Collector(regex=".*")
     last_snapshot = None
-    last_nimg = dict(grid=None, snapshot=None)  # Images seen at the last fakes grid / network snapshot.
+    resume_state_path = os.path.join(run_dir, snapshot_lib.RESUME_STATE_NAME)
+    last_resume_state = None
 
-    def fine_name(kind, every_ticks, nimg):
-        """Whether this grid/snapshot file needs an exact image count in its name: integer kimg names would
-        collide (outputs scheduled < 1 kimg apart, or the final one landing in the previous one's kimg)."""
-        prev, last_nimg[kind] = last_nimg[kind], nimg
-        return every_ticks * kimg_per_tick < 1 or (prev is not None and prev != nimg and prev // 1000 == nimg // 1000)
+    def save_state(rng_state, progress_tick, history: bool):
+        """Rank 0: the resume file (first: it is what continues the run), then a lean history snapshot."""
+        state = dict(networks=networks, G=G, G_ema=G_ema, D=D, rng=rng_state, loss=loss, config=options,
+                     progress=dict(cur_nimg=cur_nimg, cur_tick=progress_tick, batch_idx=batch_idx))
+        path = resume_state_path
+        try:
+            snapshot_lib.save_snapshot(path, G_opt=optimizers["G"], D_opt=optimizers["D"], **state)
+            if history:
+                path = os.path.join(run_dir, snapshot_name(cur_nimg))
+                snapshot_lib.save_snapshot(path, **state)
+        except util.DiskFullError as err:
+            kept = last_snapshot or last_resume_state or resume_path
+            raise DiskFullError(err.path, err.errno, detail=f"training stopped at kimg {cur_nimg / 1000:.3f}; the "
+                                f"files written before are intact (newest: {kept or 'none'})") from err
+        return path
 
+    def interrupt():
+        """All ranks, at a step boundary: check the last step, save the resume state, raise TrainingInterrupted."""
+        watch.check()
+        signame = signal.Signals(stop.signum).name if stop.signum is not None else "a signal on another rank"
+        if not _all_finite([G, G_ema, D], device):
+            raise NonFiniteLossError(f"non-finite weights after step {batch_idx - 1} (kimg {cur_nimg / 1000:.3f}); "
+                                     f"interrupted by {signame} without saving them")
+        msg = f"Interrupted by {signame} at kimg {cur_nimg / 1000:.3f}"
+        if rank == 0:
+            save_state(snapshot_lib.capture_rng_state(), cur_tick - 1, history=False)
+            msg += f": saved the resume state to '{resume_state_path}' (continue with --resume={run_dir})"
+            log(msg)
+        raise TrainingInterrupted(stop.signum or signal.SIGTERM, msg)
+
+    stop_seen = False  # A rank asked to stop (known to every rank at the same step).
     sec_per_kimg = float("nan")
     peak_gpu_mem = 0
     done = cur_nimg >= total_nimg
@@ -494,6 +585,8 @@ def training_loop(
         torch.cuda.reset_peak_memory_stats(device)
 
     while not done:
+        if stop_seen:
+            interrupt()
         # Fetch this step's real images: num_rounds chunks of batch_gpu for this rank.
         real_chunks = []
         for _ in range(num_rounds):
@@ -538,8 +631,8 @@ def training_loop(
                 b_ema.copy_(b)
 
         # Check the previous step's losses now that this step is queued, then close this step.
-        watch.check()
-        watch.end_step(batch_idx, cur_nimg)
+        stop_seen |= watch.check()
+        watch.end_step(batch_idx, cur_nimg, stop=stop.signum is not None)
         cur_nimg += batch_size
         batch_idx += 1
 
@@ -550,7 +643,7 @@ def training_loop(
 
         # ---- Tick end. Nothing below may change the training trajectory. ----
         rng_state = snapshot_lib.capture_rng_state()
-        watch.check()  # synchronous: never snapshot weights from a step with a non-finite loss
+        stop_seen |= watch.check()  # synchronous: never snapshot weights from a step with a non-finite loss
         tick_end_time = time.time()
         tick_kimg = (cur_nimg - tick_start_nimg) / 1000
         sec_per_tick = tick_end_time - tick_start_time
@@ -594,8 +687,7 @@ def training_loop(
         # Fakes grid.
         if rank == 0 and image_snapshot_ticks is not None and (done or cur_tick % image_snapshot_ticks == 0):
             fakes = generate_grid(G_ema, grid_z, grid_c, batch_gpu)
-            label = snapshot_lib.kimg_label(cur_nimg, fine_name("grid", image_snapshot_ticks, cur_nimg))
-            save_image_grid(fakes, os.path.join(run_dir, f"fakes{label}.png"), grid_size=grid_size)
+            save_image_grid(fakes, os.path.join(run_dir, f"fakes{kimg_label(cur_nimg)}.png"), grid_size=grid_size)
 
         # Network snapshot (+ metrics).
         snapshot_path = None
@@ -606,15 +698,8 @@ def training_loop(
                     f"non-finite weights after step {batch_idx - 1} (kimg {cur_nimg / 1000:.3f}); "
                     f"not writing a snapshot (last good one: {last_snapshot or resume})")
             if rank == 0:
-                fine = fine_name("snapshot", network_snapshot_ticks, cur_nimg)
-                snapshot_path = os.path.join(run_dir, snapshot_lib.snapshot_name(cur_nimg, fine))
-                snapshot_lib.save_snapshot(
-                    snapshot_path,
-                    networks=networks, G=G, G_ema=G_ema, D=D, G_opt=optimizers["G"], D_opt=optimizers["D"],
-                    progress=dict(cur_nimg=cur_nimg, cur_tick=cur_tick, batch_idx=batch_idx),
-                    rng=rng_state, loss=loss, config=options,
-                )
-                last_snapshot = snapshot_path
+                snapshot_path = save_state(rng_state, cur_tick, history=True)
+                last_snapshot, last_resume_state = snapshot_path, resume_state_path
             if metrics:
                 from metrics import metric_main
 
@@ -637,6 +722,9 @@ def training_loop(
                     except Exception as err:  # pylint: disable=broad-except
                         log(f"Warning: could not update the metric summaries in '{run_dir}': "
                             f"{type(err).__name__}: {err}")
+            if rank == 0:
+                # After the summaries: the snapshots their best-*.json pointers name are kept.
+                snapshot_lib.prune_snapshots(run_dir, snapshot_keep)
 
         # Statistics.
         stats_dict.update(stats_metrics)
@@ -663,5 +751,5 @@ def training_loop(
         stats_tfevents.close()
     log()
     log("Exiting...")
-    return dict(run_dir=run_dir, cur_nimg=cur_nimg, last_snapshot=last_snapshot, sec_per_kimg=sec_per_kimg,
-                peak_gpu_mem=peak_gpu_mem, G=G, G_ema=G_ema, D=D)
+    return dict(run_dir=run_dir, cur_nimg=cur_nimg, last_snapshot=last_snapshot, resume_state=last_resume_state,
+                sec_per_kimg=sec_per_kimg, peak_gpu_mem=peak_gpu_mem, G=G, G_ema=G_ema, D=D)

@@ -18,8 +18,10 @@ import torch
 
 from .. import custom_ops
 
-# Per activation: the default alpha and gain (as in StyleGAN2), the CUDA kernel code (bias_act.h),
-# and which saved tensor the CUDA backward reads ('y' = output, 'x' = input).
+# Per activation: the default alpha and gain, the CUDA kernel code (bias_act.h), and which saved
+# tensor the CUDA backward reads ('y' = output, 'x' = input). The defaults are StyleGAN2-ADA's and
+# StyleGAN3's (sqrt(2) for relu, lrelu and swish), so that layers ported from there keep their
+# signal scale.
 _ACTIVATIONS = {
     "linear":   dict(def_alpha=0.0, def_gain=1.0,          cuda_idx=1, ref="y"),
     "relu":     dict(def_alpha=0.0, def_gain=math.sqrt(2), cuda_idx=2, ref="y"),
@@ -29,9 +31,16 @@ _ACTIVATIONS = {
     "elu":      dict(def_alpha=1.0, def_gain=1.0,          cuda_idx=6, ref="x"),
     "selu":     dict(def_alpha=0.0, def_gain=1.0,          cuda_idx=7, ref="x"),
     "softplus": dict(def_alpha=0.0, def_gain=1.0,          cuda_idx=8, ref="x"),
-    "swish":    dict(def_alpha=0.0, def_gain=1.0,          cuda_idx=9, ref="x"),
+    "swish":    dict(def_alpha=0.0, def_gain=math.sqrt(2), cuda_idx=9, ref="x"),
 }
 activation_names = tuple(_ACTIVATIONS)
+
+
+def default_gain(act: str) -> float:
+    """The gain bias_act applies to `act` when called with gain=None."""
+    if act not in _ACTIVATIONS:
+        raise ValueError(f"bias_act: unknown act {act!r}; expected one of {activation_names}")
+    return float(_ACTIVATIONS[act]["def_gain"])
 
 _plugin = None  # The compiled extension once built; tests swap in an emulation.
 
@@ -68,9 +77,8 @@ def _check_args(x: torch.Tensor, b: Optional[torch.Tensor], dim: int, impl: str)
     if not -x.ndim <= dim < x.ndim:
         raise ValueError(f"bias_act: dim={dim} out of range for x of shape {list(x.shape)}")
     dim = dim % x.ndim
-    if b is not None:
-        if b.ndim != 1 or b.shape[0] != x.shape[dim]:
-            raise ValueError(f"bias_act: b must have shape [{x.shape[dim]}] (x.shape[{dim}]), got {list(b.shape)}")
+    if b is not None and (b.ndim != 1 or b.shape[0] != x.shape[dim]):
+        raise ValueError(f"bias_act: b must have shape [{x.shape[dim]}] (x.shape[{dim}]), got {list(b.shape)}")
     return dim
 
 
@@ -92,7 +100,7 @@ def bias_act(
         dim:   Dimension of x that b runs along (default 1, the channel axis).
         act:   One of linear, relu, lrelu, tanh, sigmoid, elu, selu, softplus, swish.
         alpha: Shape parameter (lrelu slope, default 0.2; elu scale, default 1); ignored otherwise.
-        gain:  Output scale; default sqrt(2) for relu/lrelu, 1 for the rest.
+        gain:  Output scale; default sqrt(2) for relu/lrelu/swish, 1 for the rest.
         clamp: Clamp applied *after* the gain, or None for no clamping.
         impl:  'cuda' (falls back to 'ref' off-GPU) or 'ref'.
     Returns:

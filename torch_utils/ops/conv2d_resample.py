@@ -19,25 +19,30 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from . import conv2d_gradfix
 from . import upfirdn2d as _upfirdn2d
 from .upfirdn2d import _get_filter_size, _parse_padding
 
 
-def _conv2d(x, w, stride=1, padding=0, groups=1, transpose=False, flip_weight=True):
+def _conv2d(x, w, stride=1, padding=0, groups=1, transpose=False, flip_weight=True, weight_grad_optional=True):
     """conv2d / conv_transpose2d where flip_weight=False means true convolution (kernel flipped).
 
     Args:
         x: [N, C_in, H, W].  w: [C_out, C_in // groups, k_h, k_w] (conv2d layout, also when transposing).
+    Runs through conv2d_gradfix, so conv2d_gradfix.no_weight_gradients() applies unless
+    weight_grad_optional is False.
     """
+    opt = dict(groups=groups, weight_grad_optional=weight_grad_optional)
     if not flip_weight:
         w = w.flip([2, 3])
     if not transpose:
-        return F.conv2d(x, w, stride=stride, padding=padding, groups=groups)
+        return conv2d_gradfix.conv2d(x, w, stride=stride, padding=padding, **opt)
     # conv_transpose2d wants [C_in, C_out // groups, k_h, k_w]. Transposing convolves rather than
     # correlates, so flip the kernel to keep conv2d's (correlation) semantics.
     c_out, c_in_g, kh, kw = w.shape
-    w = w.reshape(groups, c_out // groups, c_in_g, kh, kw).transpose(1, 2).reshape(groups * c_in_g, c_out // groups, kh, kw)
-    return F.conv_transpose2d(x, w.flip([2, 3]), stride=stride, padding=padding, groups=groups)
+    w = w.reshape(groups, c_out // groups, c_in_g, kh, kw).transpose(1, 2)
+    w = w.reshape(groups * c_in_g, c_out // groups, kh, kw)
+    return conv2d_gradfix.conv_transpose2d(x, w.flip([2, 3]), stride=stride, padding=padding, **opt)
 
 
 def conv2d_resample(
@@ -51,6 +56,7 @@ def conv2d_resample(
     flip_weight: bool = True,
     flip_filter: bool = False,
     impl: str = "cuda",
+    weight_grad_optional: bool = True,
 ) -> torch.Tensor:
     """Convolve x with w, upsampling before / downsampling after with filter f (see module docstring).
 
@@ -65,6 +71,8 @@ def conv2d_resample(
         flip_weight: True = correlation (torch's conv2d semantics), False = true convolution.
         flip_filter: Passed to upfirdn2d (False = convolve with f).
         impl:        upfirdn2d implementation ('cuda' falls back to 'ref' off-GPU).
+        weight_grad_optional: False when w is computed from what a no_weight_gradients() backward
+                     differentiates for (fused modulation); see conv2d_gradfix.
     Returns:
         [N, C_out, H_out, W_out]; for padding = k // 2 and odd k: H_out = H * up // down.
     """
@@ -95,13 +103,14 @@ def conv2d_resample(
     # (per-channel) resampling; run it on the smaller image.
     if kw == 1 and kh == 1 and down > 1 and up == 1:
         x = _upfirdn2d.upfirdn2d(x, f, down=down, padding=[px0, px1, py0, py1], flip_filter=flip_filter, impl=impl)
-        return _conv2d(x, w, groups=groups, flip_weight=flip_weight)
+        return _conv2d(x, w, groups=groups, flip_weight=flip_weight, weight_grad_optional=weight_grad_optional)
 
     # Upsampling: conv_transpose2d with stride `up` is zero insertion followed by a full
     # convolution with w; the filter then takes the remaining padding (negative values crop the
     # full-convolution border), so nothing between the inserted zeros is computed by the conv.
     if up > 1:
-        x = _conv2d(x, w, stride=up, groups=groups, transpose=True, flip_weight=flip_weight)
+        x = _conv2d(x, w, stride=up, groups=groups, transpose=True, flip_weight=flip_weight,
+                    weight_grad_optional=weight_grad_optional)
         pad = [px0 - (kw - 1), px1 - (kw - up), py0 - (kh - 1), py1 - (kh - up)]
         x = _upfirdn2d.upfirdn2d(x, f, padding=pad, gain=up ** 2, flip_filter=flip_filter, impl=impl)
         if down > 1:
@@ -112,10 +121,12 @@ def conv2d_resample(
     # the decimation (a quarter of the conv work for down=2).
     if down > 1:
         x = _upfirdn2d.upfirdn2d(x, f, padding=[px0, px1, py0, py1], flip_filter=flip_filter, impl=impl)
-        return _conv2d(x, w, stride=down, groups=groups, flip_weight=flip_weight)
+        return _conv2d(x, w, stride=down, groups=groups, flip_weight=flip_weight,
+                       weight_grad_optional=weight_grad_optional)
 
     # Plain convolution.
     if px0 == px1 and py0 == py1 and px0 >= 0 and py0 >= 0:
-        return _conv2d(x, w, padding=[py0, px0], groups=groups, flip_weight=flip_weight)
+        return _conv2d(x, w, padding=[py0, px0], groups=groups, flip_weight=flip_weight,
+                       weight_grad_optional=weight_grad_optional)
     x = F.pad(x, [px0, px1, py0, py1])
-    return _conv2d(x, w, groups=groups, flip_weight=flip_weight)
+    return _conv2d(x, w, groups=groups, flip_weight=flip_weight, weight_grad_optional=weight_grad_optional)

@@ -1,0 +1,353 @@
+#!/usr/bin/env python
+"""One-command GPU check: build the CUDA ops, run the CUDA-only tests, time training and the D step, run a FID.
+
+    python benchmarks/gpu_check.py                  # on a CUDA machine; JSON to $OUT/gpu_check.json (or --out)
+    python benchmarks/gpu_check.py --dry-run        # the same steps on CPU at tiny sizes (CI: proves the wiring)
+
+Steps, in order, each in its own subprocess with a time limit (training and metrics start from a clean CUDA
+memory state, and a hang cannot eat the whole budget):
+
+    build_ops      JIT-compile the bias_act / upfirdn2d CUDA kernels (torch_utils.custom_ops)
+    cuda_tests     python -m pytest -q -m cuda tests/
+    train          FastGAN 256x256, batch 64, projected D: sec/kimg and peak CUDA memory, once with the backbone in
+                   bf16 + channels_last and once with both off (the training loop itself, config from train.py)
+    d_step         the projected D's training step alone (real + fake hinge loss, backward, Adam), both settings
+    fid            fid50k_full of the snapshot the train step wrote
+
+An overall deadline (--deadline, 8 minutes by default) bounds the run: a step whose minimum budget no longer fits
+is recorded as skipped with the reason. The JSON is rewritten atomically after every step; rerunning skips the
+steps already recorded as 'ok' (--force redoes them). Dry run: the GPU-only steps are recorded as skipped ("no
+CUDA"), the others run on CPU with tiny sizes, and the JSON says "dry_run": true.
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+SCHEMA = 1
+STEPS = ("build_ops", "cuda_tests", "train", "d_step", "fid")
+# Minimum seconds each step needs to be worth starting (full run; dry runs need far less).
+MIN_BUDGET = dict(build_ops=30, cuda_tests=30, train=60, d_step=20, fid=60)
+VARIANTS = dict(fast=dict(channels_last=True, bf16=True), plain=dict(channels_last=False, bf16=False))
+
+
+def sizes(dry_run: bool) -> dict:
+    """Problem sizes: the issue's (FastGAN 256, batch 64, fid50k_full) or tiny CPU ones for --dry-run."""
+    if dry_run:
+        return dict(cfg="fastgan_lite", res=32, batch=2, ngf=8, feat_res=32, steps=1, num_images=8, d_steps=2,
+                    metric="fid8_full", device="cpu")
+    return dict(cfg="fastgan", res=256, batch=64, ngf=128, feat_res=None, steps=5, num_images=256, d_steps=10,
+                metric="fid50k_full", device="cuda")
+
+
+# ---------------------------------------------------------------------------------------------
+# Workers (run in a subprocess: `gpu_check.py --worker STEP --args JSON`; print one "RESULT {json}" line).
+
+
+def _result(data: dict) -> None:
+    print("RESULT " + json.dumps(data), flush=True)
+
+
+def worker_build_ops(a):
+    import torch
+
+    from torch_utils.ops import bias_act, upfirdn2d
+
+    if not torch.cuda.is_available():
+        return dict(status="skipped", reason="no CUDA")
+    out = {}
+    for name, module in (("bias_act", bias_act), ("upfirdn2d", upfirdn2d)):
+        t0 = time.time()
+        plugin = module._get_plugin()
+        out[name] = dict(built=plugin is not None, seconds=round(time.time() - t0, 2))
+    ok = all(v["built"] for v in out.values())
+    return dict(status="ok" if ok else "failed", ops=out, **({} if ok else dict(reason="a plugin did not build")))
+
+
+def worker_train(a):
+    """Training-loop speed of one variant; the config is the one `train.py --dry-run` prints."""
+    import torch
+
+    from torch_utils import util
+    from training.training_loop import training_loop
+
+    s, variant = a["sizes"], a["variant"]
+    with open(a["config"], encoding="utf-8") as f:
+        c = util.EasyDict(json.load(f))
+    c.D_kwargs.update(VARIANTS[variant])
+    step_kimg = s["batch"] / 1000
+    c.update(total_kimg=(1 + 2 * s["steps"]) * step_kimg, kimg_per_tick=s["steps"] * step_kimg,
+             image_snapshot_ticks=None, network_snapshot_ticks=1000, metrics=[], grid_size=[1, 1])
+    for key in ("cli", "run_dir"):
+        c.pop(key, None)
+    device = torch.device(s["device"])
+    t0 = time.time()
+    res = training_loop(run_dir=a["run_dir"], device=device, **c)
+    peak = res["peak_gpu_mem"] if device.type == "cuda" else None
+    return dict(status="ok", sec_per_kimg=res["sec_per_kimg"], img_per_sec=1000 / res["sec_per_kimg"],
+                peak_mem_gb=None if peak is None else peak / 2**30, total_seconds=round(time.time() - t0, 2),
+                snapshot=res.get("last_snapshot"))
+
+
+def worker_d_step(a):
+    """Mean seconds of the projected D's training step (hinge loss on real and fake, backward, Adam step)."""
+    import torch
+
+    from projector_plugin import ProjectedDiscriminator
+
+    s, device = a["sizes"], torch.device(a["sizes"]["device"])
+    out = {}
+    for variant, kwargs in VARIANTS.items():
+        if device.type != "cuda" and kwargs["bf16"]:
+            kwargs = dict(kwargs, bf16=False)  # bf16 autocast on a CPU without native support only measures that
+        D = ProjectedDiscriminator(feat_res=s["feat_res"], **kwargs).to(device).train()
+        opt = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0, 0.99))
+        real = torch.rand(s["batch"], 3, s["res"], s["res"], device=device) * 2 - 1
+        fake = torch.rand(s["batch"], 3, s["res"], s["res"], device=device) * 2 - 1
+        c = torch.zeros(s["batch"], 0, device=device)
+
+        def step(D=D, opt=opt, real=real, fake=fake, c=c):
+            opt.zero_grad(set_to_none=True)
+            loss = torch.relu(1 - D(real, c)).mean() + torch.relu(1 + D(fake, c)).mean()
+            loss.backward()
+            opt.step()
+
+        step()  # warm-up: cudnn autotuning, lazy weight conversion
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        t0 = time.perf_counter()
+        for _ in range(s["d_steps"]):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        sec = (time.perf_counter() - t0) / s["d_steps"]
+        out[variant] = dict(sec_per_step=sec, img_per_sec=2 * s["batch"] / sec,
+                            peak_mem_gb=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda"
+                            else None, **kwargs)
+        del D, opt
+    return dict(status="ok", **out)
+
+
+WORKERS = dict(build_ops=worker_build_ops, train=worker_train, d_step=worker_d_step)
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver.
+
+
+def make_dataset(root: str, res: int, num: int) -> str:
+    import numpy as np
+    import PIL.Image
+
+    os.makedirs(root, exist_ok=True)
+    rnd = np.random.RandomState(0)
+    for i in range(num):
+        path = os.path.join(root, f"{i:04d}.png")
+        if not os.path.exists(path):
+            PIL.Image.fromarray((rnd.rand(res, res, 3) * 255).astype(np.uint8)).save(path)
+    return root
+
+
+class Check:
+    def __init__(self, out_dir, deadline, dry_run, force):
+        self.out_dir, self.dry_run, self.force = out_dir, dry_run, force
+        self.path = os.path.join(out_dir, "gpu_check.json")
+        self.t0 = time.time()
+        self.deadline = deadline
+        self.sizes = sizes(dry_run)
+        self.data = self._load()
+
+    def _load(self):
+        fresh = dict(schema=SCHEMA, dry_run=self.dry_run, sizes=self.sizes, steps={})
+        if not os.path.isfile(self.path):
+            return fresh
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            return fresh  # unreadable (e.g. written by hand): start over rather than fail
+        if data.get("schema") != SCHEMA or data.get("dry_run") != self.dry_run or data.get("sizes") != self.sizes:
+            return fresh  # another mode or other sizes: earlier results do not apply
+        return data
+
+    def save(self):
+        os.makedirs(self.out_dir, exist_ok=True)
+        self.data.update(updated=time.strftime("%Y-%m-%d %H:%M:%S"), deadline_s=self.deadline)
+        fd, tmp = tempfile.mkstemp(dir=self.out_dir, prefix=".gpu_check.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(self.data, f, indent=2)
+        os.replace(tmp, self.path)
+
+    def remaining(self):
+        return self.deadline - (time.time() - self.t0)
+
+    def record(self, name, entry):
+        self.data["steps"][name] = entry
+        self.save()
+        detail = entry.get("reason") or ""
+        print(f"{name:>11s}: {entry['status']} {detail}".rstrip(), flush=True)
+
+    def run_worker(self, name, args, budget):
+        """Run worker `name` in a subprocess for at most `budget` seconds -> its result dict."""
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False, dir=self.out_dir) as f:
+            json.dump(args, f)
+        try:
+            cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--args", f.name]
+            proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=budget)
+        except subprocess.TimeoutExpired:
+            return dict(status="failed", reason=f"timed out after {budget:.0f} s")
+        finally:
+            os.unlink(f.name)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode != 0 or not lines:
+            last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+            return dict(status="failed", reason=last[-300:])
+        return json.loads(lines[-1][len("RESULT "):])
+
+    def budget(self, name):
+        """Seconds this step may use, or None (with the step recorded as skipped) when too little is left."""
+        need = MIN_BUDGET[name] / (10 if self.dry_run else 1)
+        left = self.remaining()
+        if left < need:
+            self.record(name, dict(status="skipped", reason=f"deadline: {left:.0f} s left, the step needs "
+                                                            f"at least {need:.0f} s"))
+            return None
+        return left
+
+    def step(self, name, fn):
+        prev = self.data["steps"].get(name)
+        if prev is not None and prev.get("status") == "ok" and not self.force:
+            print(f"{name:>11s}: ok (recorded; --force to redo)")
+            return
+        if self.dry_run and name in ("build_ops", "cuda_tests"):
+            self.record(name, dict(status="skipped", reason="no CUDA (dry run)", seconds=0.0))
+            return
+        budget = self.budget(name)
+        if budget is None:
+            return
+        t0 = time.time()
+        entry = fn(budget)
+        entry["seconds"] = round(time.time() - t0, 2)
+        self.record(name, entry)
+
+    # Steps.
+
+    def cuda_tests(self, budget):
+        cmd = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "tests"]
+        try:
+            proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=budget)
+        except subprocess.TimeoutExpired:
+            return dict(status="failed", reason=f"timed out after {budget:.0f} s")
+        summary = (proc.stdout.strip().splitlines() or [""])[-1]
+        return dict(status="ok" if proc.returncode == 0 else "failed", summary=summary, returncode=proc.returncode,
+                    **({} if proc.returncode == 0 else dict(reason=summary)))
+
+    def train(self, budget):
+        s = self.sizes
+        data = make_dataset(os.path.join(self.out_dir, "work", f"data{s['res']}"), s["res"], s["num_images"])
+        config = os.path.join(self.out_dir, "work", "train_config.json")
+        cmd = [sys.executable, os.path.join(REPO, "train.py"), f"--outdir={os.path.join(self.out_dir, 'work')}",
+               f"--cfg={s['cfg']}", f"--data={data}", f"--batch={s['batch']}", f"--ngf={s['ngf']}",
+               "--metrics=none", "--workers=2", f"--device={s['device']}", "--dry-run"]
+        if s["feat_res"]:
+            cmd.append(f"--feat-res={s['feat_res']}")
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=max(budget, 1))
+        text = proc.stdout
+        if proc.returncode != 0 or "Training options:" not in text:
+            return dict(status="failed", reason="train.py --dry-run: " + (proc.stderr.strip().splitlines() or
+                                                                           ["no options printed"])[-1])
+        # The JSON object follows "Training options:" up to the first line that is not part of it.
+        body = text.split("Training options:", 1)[1]
+        config_obj, _ = json.JSONDecoder().raw_decode(body.strip())
+        with open(config, "w", encoding="utf-8") as f:
+            json.dump(config_obj, f)
+        out = dict(status="ok", cfg=s["cfg"], res=s["res"], batch=s["batch"])
+        for variant in VARIANTS:
+            left = self.deadline - (time.time() - self.t0)
+            run_dir = os.path.join(self.out_dir, "work", f"train-{variant}")
+            r = self.run_worker("train", dict(sizes=s, variant=variant, config=config, run_dir=run_dir),
+                                max(left - 5, 1))
+            out[variant] = r
+            if r.get("status") != "ok":
+                out.update(status="failed", reason=f"{variant}: {r.get('reason')}")
+                break
+        if out["status"] == "ok":
+            out["speedup_fast_vs_plain"] = out["plain"]["sec_per_kimg"] / out["fast"]["sec_per_kimg"]
+        return out
+
+    def d_step(self, budget):
+        return self.run_worker("d_step", dict(sizes=self.sizes), budget)
+
+    def fid(self, budget):
+        train = self.data["steps"].get("train", {})
+        snap = (train.get("fast") or {}).get("snapshot")
+        if not snap or not os.path.isfile(snap):
+            return dict(status="skipped", reason="no snapshot from the train step")
+        s = self.sizes
+        data = os.path.join(self.out_dir, "work", f"data{s['res']}")
+        cmd = [sys.executable, os.path.join(REPO, "calc_metrics.py"), f"--metrics={s['metric']}",
+               f"--network={snap}", f"--data={data}", "--quiet", f"--device={s['device']}",
+               f"--run-dir={os.path.join(self.out_dir, 'work')}"]
+        try:
+            proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=budget)
+        except subprocess.TimeoutExpired:
+            return dict(status="failed", reason=f"timed out after {budget:.0f} s")
+        if proc.returncode != 0:
+            return dict(status="failed", reason=(proc.stderr.strip().splitlines() or ["?"])[-1][-300:])
+        path = os.path.join(self.out_dir, "work", f"metric-{s['metric']}.jsonl")
+        with open(path, encoding="utf-8") as f:
+            line = json.loads(f.read().strip().splitlines()[-1])
+        return dict(status="ok", metric=s["metric"], value=line["results"][s["metric"]],
+                    metric_seconds=line.get("total_time"))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=None, help="output folder (default: $OUT, else ./gpu_check_out)")
+    p.add_argument("--deadline", type=float, default=480, help="overall time limit in seconds (default 480)")
+    p.add_argument("--dry-run", action="store_true", help="every step on CPU at tiny sizes (GPU-only steps skipped)")
+    p.add_argument("--force", action="store_true", help="redo steps already recorded as ok")
+    p.add_argument("--steps", default=",".join(STEPS), help=f"comma list of steps (default: {','.join(STEPS)})")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--args", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    sys.path.insert(0, REPO)
+    if a.worker:
+        with open(a.args, encoding="utf-8") as f:
+            _result(WORKERS[a.worker](json.load(f)))
+        return 0
+    steps = [s.strip() for s in a.steps.split(",") if s.strip()]
+    bad = [s for s in steps if s not in STEPS]
+    if bad:
+        p.error(f"--steps: unknown step(s) {', '.join(bad)}; choose from {', '.join(STEPS)}")
+    if a.deadline <= 0:
+        p.error("--deadline must be positive")
+    out_dir = os.path.abspath(a.out or os.environ.get("OUT") or "gpu_check_out")
+    check = Check(out_dir, a.deadline, a.dry_run, a.force)
+    if not a.dry_run:
+        import torch
+
+        if not torch.cuda.is_available():
+            p.error("CUDA is not available; use --dry-run to check the wiring on CPU")
+        check.data["env"] = dict(torch=torch.__version__, cuda=torch.version.cuda,
+                                 gpu=torch.cuda.get_device_name(0), python=platform.python_version())
+    else:
+        check.data["env"] = dict(python=platform.python_version(), machine=platform.machine())
+    for name in steps:
+        check.step(name, getattr(check, name) if hasattr(check, name) else
+                   (lambda budget, name=name: check.run_worker(name, dict(sizes=check.sizes), budget)))
+    check.data["total_seconds"] = round(time.time() - check.t0, 2)
+    check.save()
+    print(f"Wrote {check.path}")
+    return 0 if all(check.data["steps"].get(s, {}).get("status") in ("ok", "skipped") for s in steps) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

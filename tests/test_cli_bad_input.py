@@ -1,0 +1,316 @@
+"""train.py on bad input: every failure is one clear line naming the option or file, a non-zero exit status,
+and nothing left behind (no run directory without a snapshot). Interruptions and a full disk map to their own
+exit statuses."""
+
+import errno
+import glob
+import io
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from click.testing import CliRunner
+
+import train
+from torch_utils import util
+from training import cli_common
+from training import training_loop as tl
+from training.dataset import DatasetError
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+
+
+def _png_bytes(seed, res=32):
+    buf = io.BytesIO()
+    PIL.Image.fromarray(np.random.RandomState(seed).randint(0, 256, (res, res, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    good = root / "good.zip"
+    with zipfile.ZipFile(good, "w") as z:
+        for i in range(4):
+            z.writestr(f"00000/img{i:08d}.png", _png_bytes(i))
+    bad = root / "truncated.zip"
+    with zipfile.ZipFile(bad, "w") as z:
+        for i in range(4):
+            blob = _png_bytes(i)
+            z.writestr(f"00000/img{i:08d}.png", blob[: len(blob) // 2] if i == 2 else blob)  # header intact
+    return dict(good=str(good), truncated=str(bad))
+
+
+def _args(outdir, dataset, extra=()):
+    """The cheapest real configuration: FastGAN-lite with the StyleGAN2 baseline D (no pretrained backbone)."""
+    return [f"--outdir={outdir}", "--cfg=fastgan_lite", "--loss=stylegan2", f"--data={dataset}", "--ngf=4",
+            "--cbase=256", "--cmax=16", "--metrics=none", "--workers=0", "--grid=2x2", "--seed=1", "--device=cpu",
+            "--batch=4", "--kimg=0.004", "--tick=0.004", "--snap=1"] + list(extra)
+
+
+def _invoke(args):
+    return CliRunner().invoke(train.main, args)
+
+
+def _error_lines(output):
+    return [line for line in output.splitlines() if line.startswith("Error")]
+
+
+def _assert_option_error(result, option, fragment):
+    assert result.exit_code == 2, result.output
+    (line,) = _error_lines(result.output)
+    assert f"'{option}'" in line and fragment in line, line
+    assert "Traceback" not in result.output
+
+
+# ---------------------------------------------------------------------------------------------
+# Numbers that cannot be meant.
+
+
+@pytest.mark.parametrize("arg,option,fragment", [
+    ("--kimg=inf", "--kimg", "not a finite number"),
+    ("--kimg=nan", "--kimg", "not a finite number"),
+    ("--kimg=-2", "--kimg", "must be positive"),
+    ("--tick=inf", "--tick", "not a finite number"),
+    ("--glr=inf", "--glr", "not a finite number"),
+    ("--glr=0", "--glr", "must be positive"),
+    ("--dlr=inf", "--dlr", "not a finite number"),
+    ("--dlr=nan", "--dlr", "not a finite number"),
+    ("--ema-kimg=nan", "--ema-kimg", "not a finite number"),
+    ("--ema-kimg=inf", "--ema-kimg", "not a finite number"),
+    ("--ema-kimg=-1", "--ema-kimg", "must be >= 0"),
+    ("--ema-rampup=nan", "--ema-rampup", "not a finite number"),
+    ("--r1-gamma=inf", "--r1-gamma", "not a finite number"),
+    ("--r1-gamma=-0.5", "--r1-gamma", "must be >= 0"),
+    ("--keep=-1", "--keep", "-1"),
+])
+def test_non_finite_or_negative_numbers_are_rejected(tmp_path, data, arg, option, fragment):
+    outdir = tmp_path / "out"
+    _assert_option_error(_invoke(_args(outdir, data["good"], [arg])), option, fragment)
+    assert not outdir.exists()
+
+
+def test_keep_reaches_the_training_loop(tmp_path, data):
+    result = _invoke(_args(tmp_path / "out", data["good"], ["--keep=3", "--dry-run"]))
+    assert result.exit_code == 0, result.output
+    text = result.output
+    config = json.loads(text[text.index("{"): text.index("\n}\n") + 2])
+    assert config["snapshot_keep"] == 3
+    result = _invoke(_args(tmp_path / "out", data["good"], ["--dry-run"]))
+    assert '"snapshot_keep": 0' in result.output  # default: keep every snapshot
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths.
+
+
+def test_outdir_that_is_a_file_or_under_a_file(tmp_path, data):
+    a_file = tmp_path / "runs"
+    a_file.write_text("not a folder")
+    _assert_option_error(_invoke(_args(a_file, data["good"])), "--outdir", "is a file, not a directory")
+    _assert_option_error(_invoke(_args(a_file / "sub", data["good"], ["--dry-run"])), "--outdir", "cannot be created")
+    assert a_file.read_text() == "not a folder" and sorted(os.listdir(tmp_path)) == ["runs"]
+
+
+def test_outdir_without_write_permission(tmp_path, data, monkeypatch):
+    # Tests may run as root, for whom every folder is writable: stand in for a read-only folder.
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+
+    def access(path, mode, **kwargs):
+        return False if os.path.abspath(path) == str(locked) else real_access(path, mode, **kwargs)
+
+    monkeypatch.setattr(cli_common.os, "access", access)
+    _assert_option_error(_invoke(_args(locked / "runs", data["good"])), "--outdir", "is not writable")
+    assert os.listdir(locked) == []
+
+
+@pytest.mark.parametrize("desc", ["../escape", "a/b", "..", "x\\..\\y"])
+def test_desc_cannot_leave_the_outdir(tmp_path, data, desc):
+    outdir = tmp_path / "out"
+    _assert_option_error(_invoke(_args(outdir, data["good"], [f"--desc={desc}"])), "--desc", "path separator")
+    assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# --backbone-weights: checked before training, never unpickled as code.
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))  # creating the marker file proves that unpickling ran code
+
+
+def _projected_args(outdir, dataset, weights):
+    return [f"--outdir={outdir}", "--cfg=fastgan_lite", f"--data={dataset}", "--batch=4", "--ngf=4", "--feat-res=32",
+            "--metrics=none", f"--backbone-weights={weights}", "--dry-run"]
+
+
+def test_backbone_weights_that_are_not_a_state_dict_are_rejected(tmp_path, data):
+    marker = tmp_path / "code-ran"
+    cases = []
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    cases.append((text, "is not a weights file written by torch.save"))
+    code = tmp_path / "evil.pt"
+    torch.save({"conv.weight": torch.zeros(1), "payload": _RunsCode(str(marker))}, code)
+    cases.append((code, "holds pickled objects other than tensors such as io.open"))
+    plain_pickle = tmp_path / "weights.pkl"
+    with open(plain_pickle, "wb") as f:
+        pickle.dump({"conv.weight": np.zeros(3)}, f)
+    cases.append((plain_pickle, "holds pickled objects other than tensors"))
+    not_tensors = tmp_path / "numbers.pt"
+    torch.save({"lr": 0.1, "epochs": 3}, not_tensors)
+    cases.append((not_tensors, "does not contain a state dict of tensors"))
+    wrong_net = tmp_path / "other_net.pt"
+    torch.save({"fc.weight": torch.zeros(2, 2)}, wrong_net)
+    cases.append((wrong_net, "does not fit backbone 'tf_efficientnet_lite0'"))
+    for path, fragment in cases:
+        outdir = tmp_path / "out"
+        result = _invoke(_projected_args(outdir, data["good"], path))
+        _assert_option_error(result, "--backbone-weights", fragment)
+        assert str(path) in result.output
+        assert not outdir.exists()
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Failures during training.
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_truncated_image_in_the_dataset_zip(tmp_path, data, workers):
+    outdir = tmp_path / "runs"
+    result = _invoke(_args(outdir, data["truncated"], [f"--workers={workers}"]))
+    assert result.exit_code == 1, result.output
+    (line,) = _error_lines(result.output)
+    assert line.startswith(f"Error: --data: {data['truncated']}:00000/img00000002.png: cannot decode image"), line
+    assert "Traceback" not in result.output
+    assert not outdir.exists()  # neither the run directory nor the --outdir this run created
+
+
+def _fake_loop(behaviour):
+    """A stand-in for training_loop.training_loop that writes `files` into the run dir, then raises."""
+
+    def fake(run_dir=".", snapshot_keep=0, **kwargs):
+        for name in behaviour.get("files", []):
+            with open(os.path.join(run_dir, name), "wb") as f:
+                f.write(b"x")
+        raise behaviour["error"](run_dir)
+
+    return fake
+
+
+@pytest.mark.parametrize("files,kept", [([], False), (["network-snapshot-000000.004.pt"], True),
+                                        (["resume-state.pt"], True)])
+def test_run_dir_is_removed_only_when_no_snapshot_was_written(tmp_path, data, monkeypatch, files, kept):
+    outdir = tmp_path / "runs"
+    outdir.mkdir()
+    (outdir / "keep-me.txt").write_text("user file")
+    error = lambda run_dir: DatasetError(f"{data['good']}:00000/img00000001.png: cannot decode image (broken)")
+    monkeypatch.setattr(tl, "training_loop", _fake_loop(dict(files=files, error=error)))
+    result = _invoke(_args(outdir, data["good"]))
+    assert result.exit_code == 1, result.output
+    assert _error_lines(result.output) == [f"Error: --data: {data['good']}:00000/img00000001.png: cannot decode "
+                                           f"image (broken)"]
+    runs = glob.glob(str(outdir / "00000-*"))
+    assert len(runs) == (1 if kept else 0)
+    if kept:
+        assert sorted(os.listdir(runs[0])) == sorted(files + ["log.txt", "training_options.json"])
+    assert (outdir / "keep-me.txt").read_text() == "user file"
+
+
+def test_a_bug_still_shows_its_traceback_but_leaves_no_empty_run(tmp_path, data, monkeypatch):
+    outdir = tmp_path / "runs"
+    monkeypatch.setattr(tl, "training_loop", _fake_loop(dict(error=lambda run_dir: ZeroDivisionError("bug"))))
+    result = CliRunner().invoke(train.main, _args(outdir, data["good"]))
+    assert isinstance(result.exception, ZeroDivisionError)
+    assert not outdir.exists()
+
+
+def test_disk_full_is_one_line_and_exit_status_1(tmp_path, data, monkeypatch):
+    outdir = tmp_path / "runs"
+
+    def full(run_dir):
+        return util.DiskFullError(os.path.join(run_dir, "network-snapshot-000000.004.pt"))
+
+    monkeypatch.setattr(tl, "training_loop", _fake_loop(dict(files=["resume-state.pt"], error=full)))
+    result = _invoke(_args(outdir, data["good"]))
+    assert result.exit_code == 1, result.output
+    (run_dir,) = glob.glob(str(outdir / "00000-*"))
+    (line,) = _error_lines(result.output)
+    assert line == f"Error: no space left on device at {os.path.join(run_dir, 'network-snapshot-000000.004.pt')}"
+
+
+def test_disk_full_writing_the_options_leaves_nothing(tmp_path, data, monkeypatch):
+    outdir = tmp_path / "runs"
+
+    def no_space(path, write, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(util, "atomic_write", no_space)
+    result = _invoke(_args(outdir, data["good"]))
+    assert result.exit_code == 1, result.output
+    (line,) = _error_lines(result.output)
+    assert line.startswith("Error: no space left on device at ") and line.endswith("training_options.json"), line
+    assert not outdir.exists()
+
+
+def test_interrupted_training_exits_with_128_plus_the_signal(tmp_path, data, monkeypatch):
+    outdir = tmp_path / "runs"
+
+    def interrupted(run_dir):
+        return tl.TrainingInterrupted(signal.SIGTERM, f"stopped by SIGTERM: saved the resume state to "
+                                                      f"'{run_dir}/resume-state.pt'")
+
+    monkeypatch.setattr(tl, "training_loop", _fake_loop(dict(files=["resume-state.pt"], error=interrupted)))
+    result = _invoke(_args(outdir, data["good"]))
+    assert result.exit_code == 128 + signal.SIGTERM, result.output
+    (line,) = [ln for ln in result.output.splitlines() if ln.startswith("Stopped")]
+    assert "saved the resume state" in line
+    assert len(glob.glob(str(outdir / "00000-*" / "resume-state.pt"))) == 1
+
+
+def test_sigterm_on_a_real_run_saves_and_exits_143_with_the_plugin_notes_logged(tmp_path, data):
+    """The real script: SIGTERM mid-run -> resume file, one 'Stopped' line, exit 128+15; logging is configured, so
+    the projector plugin's note on where its backbone weights came from is visible."""
+    outdir = tmp_path / "runs"
+    cmd = [sys.executable, os.path.join(REPO, "train.py"), f"--outdir={outdir}", "--cfg=fastgan_lite",
+           f"--data={data['good']}", "--batch=4", "--ngf=4", "--feat-res=32", "--metrics=none", "--workers=0",
+           "--grid=2x2", "--kimg=10", "--tick=0.004", "--snap=1", "--img-snap=1000", "--device=cpu"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if glob.glob(str(outdir / "00000-*" / "network-snapshot-*.pt")):
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, out[-2000:] + err[-2000:]
+    text = out + err  # while training, the run's log.txt tee carries stderr to stdout too
+    assert "projector_plugin:" in text and "weights from" in text, text[-2000:]
+    stopped = [ln for ln in text.splitlines() if ln.startswith("Stopped: ")]
+    assert len(stopped) == 1 and "Traceback" not in text, text[-2000:]
+    (run_dir,) = glob.glob(str(outdir / "00000-*"))
+    assert os.path.isfile(os.path.join(run_dir, "resume-state.pt"))
+    with open(os.path.join(run_dir, "log.txt")) as f:
+        log = f.read()
+    assert "projector_plugin:" in log and stopped[0] in log  # notes and the stop line are in the run's log too

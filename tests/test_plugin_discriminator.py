@@ -1,0 +1,499 @@
+"""projector_plugin.discriminator: ProjectedDiscriminator and its mini-discriminators: freezing, shapes,
+state dicts and serialisation, batch-statistics norms, host kwargs, the reference implementation."""
+
+import copy
+import importlib.util
+import io
+import logging
+import os
+import pickle
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+from projector_plugin import ProjectedDiscriminator, ProjectedGANLoss
+from projector_plugin.discriminator import HOST_KWARGS, BatchStatsNorm2d, MiniDiscriminator
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+
+
+def _load_reference():
+    spec = importlib.util.spec_from_file_location(
+        "reference_discriminator", os.path.join(REPO, "benchmarks", "reference_discriminator.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ReferenceDiscriminator = _load_reference().ReferenceDiscriminator
+
+
+def _imgs(n=2, res=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, res, res, generator=g) * 2 - 1
+
+
+@pytest.fixture(scope="module")
+def small_D():
+    """Pretrained lite0 at a reduced input size: real features, fast enough for many steps on a CPU."""
+    torch.manual_seed(0)
+    return ProjectedDiscriminator(feat_res=64)
+
+
+class _ToyG(torch.nn.Module):
+    """A generator either with StyleGAN's mapping/synthesis split or as a plain G(z, c)."""
+
+    def __init__(self, with_mapping, res=32):
+        super().__init__()
+        self.with_mapping, self.res, self.z_dim = with_mapping, res, 8
+        self.fc = torch.nn.Linear(8, 3 * res * res)
+        self.update_emas_calls = []
+
+    def mapping(self, z, c, update_emas=False):
+        self.update_emas_calls.append(update_emas)
+        return z[:, None, :]
+
+    def synthesis(self, ws, update_emas=False):
+        return torch.tanh(self.fc(ws[:, 0])).view(-1, 3, self.res, self.res)
+
+    def forward(self, z, c):
+        return torch.tanh(self.fc(z)).view(-1, 3, self.res, self.res)
+
+    def __getattribute__(self, name):
+        if name in ("mapping", "synthesis") and not object.__getattribute__(self, "with_mapping"):
+            raise AttributeError(name)
+        return super().__getattribute__(name)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Frozen means frozen.
+
+
+def _frozen_tensors(D):
+    return {k: v.clone() for k, v in D.state_dict().items() if k.startswith(("feature_network.", "projection."))}
+
+
+def test_frozen_parts_stay_bit_identical_while_minidiscs_train():
+    torch.manual_seed(1)
+    D = ProjectedDiscriminator(feat_res=64)
+    G = _ToyG(with_mapping=False)
+    before = _frozen_tensors(D)
+    minid_before = [p.detach().clone() for p in D.discs.parameters()]
+    assert len(before) > 100  # 96 backbone tensors (BatchNorms folded into the convs) + CCM/CSM
+    assert all(not p_name.startswith(("feature_network", "projection")) for p_name, _ in D.named_parameters())
+
+    D.train().requires_grad_(True)  # What a StyleGAN3 host does before a D phase: must not unfreeze anything.
+    loss = ProjectedGANLoss("cpu", G, D, blur_init_sigma=2, blur_fade_kimg=1)
+    opt_D = torch.optim.Adam(D.parameters(), lr=1e-2)
+    opt_G = torch.optim.Adam(G.parameters(), lr=1e-2)
+    for step in range(3):
+        for phase, opt in (("Dmain", opt_D), ("Gmain", opt_G)):
+            opt.zero_grad(set_to_none=True)
+            loss.accumulate_gradients(phase, _imgs(4, 32, step), None, torch.randn(4, 8), None, 1.0, step * 4)
+            opt.step()
+    assert not D.feature_network.training and D.training
+    after = _frozen_tensors(D)
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before), "a frozen tensor changed"
+    assert any(not torch.equal(a, b.detach()) for a, b in zip(minid_before, D.discs.parameters()))
+
+
+def test_generator_step_grads_reach_image_not_feature_network(small_D):
+    D = small_D
+    img = _imgs(2, 32).requires_grad_(True)
+    D(img).mean().backward()
+    assert img.grad is not None and img.grad.abs().sum() > 0 and torch.isfinite(img.grad).all()
+    assert all(not t.requires_grad and t.grad is None for t in D.feature_network.state_dict().values())
+    assert all(not t.requires_grad for t in D.projection.state_dict().values())
+
+
+def test_real_images_build_no_graph_through_feature_network(small_D):
+    feats = small_D.feature_network(_imgs(2, 32))
+    assert all(f.grad_fn is None for f in feats)
+
+
+def test_plain_reference_keeps_backbone_as_autograd_leaves():
+    D = ReferenceDiscriminator(feat_res=64, diffaug=False)
+    params = dict(D.named_parameters())
+    assert any(k.startswith("feature_network.") for k in params)
+    D(_imgs(2, 32)).mean().backward()
+    assert params["feature_network.net.conv_stem.weight"].grad is not None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Shapes and configurations.
+
+
+@pytest.mark.parametrize("res", [16, 32, 64, 128, 256, 512])
+def test_output_shape_for_every_resolution(res):
+    D = _default_D()
+    with torch.no_grad():
+        out = D(_imgs(2, res))
+    assert out.shape == (2, 4 * 16) and torch.isfinite(out).all()  # 4 mini-Ds, each on a 4x4 grid at 224.
+
+
+_cache = {}
+
+
+def _default_D():
+    if "D" not in _cache:
+        torch.manual_seed(0)
+        _cache["D"] = ProjectedDiscriminator()
+    return _cache["D"]
+
+
+@pytest.mark.parametrize("num_discs", [1, 2, 3, 4])
+@pytest.mark.parametrize("proj_type", [0, 1, 2])
+def test_output_shape_for_num_discs_and_proj_type(num_discs, proj_type):
+    D = ProjectedDiscriminator(feat_res=128, num_discs=num_discs, proj_type=proj_type)
+    assert len(D.discs) == num_discs
+    with torch.no_grad():
+        out = D(_imgs(3, 32))
+    assert out.shape == (3, num_discs * 1)  # feat_res 128: deepest grid 4x4, final 4x4 conv -> 1 logit per D.
+    expected = [24, 40, 112, 320] if proj_type == 0 else [64, 128, 256, 512]
+    assert D.projection.out_channels == expected
+
+
+@pytest.mark.parametrize("cond", [False, True])
+def test_conditional_head(cond):
+    torch.manual_seed(0)
+    D = ProjectedDiscriminator(c_dim=5, cond=cond, feat_res=64, diffaug=False).eval()
+    img = _imgs(2, 32)
+    c0, c1 = torch.eye(5)[[0, 0]], torch.eye(5)[[3, 3]]
+    with torch.no_grad():
+        a, b = D(img, c0), D(img, c1)
+    assert a.shape == (2, 4)
+    assert (not torch.equal(a, b)) == cond  # Only the conditional D looks at the label.
+
+
+def test_other_timm_backbones_and_separable_blocks():
+    D = ProjectedDiscriminator(backbone="resnet18", pretrained=False, feat_res=64, proj_type=0, separable=True)
+    assert D.feature_network.channels == [64, 128, 256, 512]
+    assert D(_imgs(2, 32)).shape == (2, 4)
+    assert any(m.groups > 1 for m in D.discs.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+def test_grayscale_images_are_accepted():
+    D = ProjectedDiscriminator(img_channels=1, feat_res=64)
+    assert D(_imgs(2, 32)[:, :1]).shape == (2, 4)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# State dicts.
+
+
+def test_state_dict_round_trip_reproduces_logits_exactly():
+    torch.manual_seed(0)
+    D1 = ProjectedDiscriminator(feat_res=64, diffaug=False, cond=True, c_dim=3)
+    with torch.no_grad():  # Move the trainable parts (and, below, the spectral-norm estimates) off their init.
+        for p in D1.discs.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    D1.train()
+    D1(_imgs(4, 32), torch.eye(3)[[0, 1, 2, 0]])
+    torch.manual_seed(123)
+    D2 = ProjectedDiscriminator(feat_res=64, diffaug=False, cond=True, c_dim=3, proj_seed=7)
+    img, c = _imgs(3, 48, seed=5), torch.eye(3)[[2, 1, 0]]
+    with torch.no_grad():
+        assert not torch.equal(D1.eval()(img, c), D2.eval()(img, c))
+        D2.load_state_dict(D1.state_dict())
+        assert torch.equal(D1(img, c), D2(img, c))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Bad configuration fails fast.
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(backbone="no_such_net"), "not a timm model"),
+    (dict(backbone="vit_tiny_patch16_224", pretrained=False), "strides"),
+    (dict(num_discs=0), "num_discs"),
+    (dict(num_discs=5), "num_discs"),
+    (dict(cond=True, c_dim=0), "c_dim=0"),
+    (dict(proj_type=3), "proj_type"),
+    (dict(diffaug_policy="color,blur"), "blur"),
+    (dict(feat_res=100), "feat_res"),
+    (dict(img_channels=4), "img_channels"),
+])
+def test_bad_configuration_fails_fast(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ProjectedDiscriminator(**{"feat_res": 64, **kwargs})
+
+
+def test_bad_inputs_fail_with_clear_messages():
+    D = ProjectedDiscriminator(feat_res=64, c_dim=2, cond=True)
+    c = torch.eye(2)
+    with pytest.raises(ValueError, match="expects images"):
+        D(torch.rand(2, 32, 32), c)
+    with pytest.raises(ValueError, match="127.5"):
+        D(torch.rand(2, 3, 32, 32) * 255, c)
+    with pytest.raises(ValueError, match="labels"):
+        D(_imgs(2), None)
+    with pytest.raises(ValueError, match="float"):
+        D((torch.rand(2, 3, 32, 32) * 255).to(torch.uint8), c)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Stand-alone package.
+
+
+def test_plugin_imports_nothing_from_the_host_packages():
+    code = ("import sys, projector_plugin; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('training', 'torch_utils', 'metrics')); "
+            "print(bad); sys.exit(1 if bad else 0)")
+    env = dict(os.environ, PYTHONPATH=REPO)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for name in os.listdir(os.path.join(REPO, "projector_plugin")):
+        if name.endswith(".py"):
+            with open(os.path.join(REPO, "projector_plugin", name)) as f:
+                src = f.read()
+            for pkg in ("training", "torch_utils", "metrics"):
+                assert f"from {pkg}" not in src and f"import {pkg}" not in src, (name, pkg)
+
+
+def test_fast_path_options_keep_the_logits():
+    """channels_last and the plain reference compute the same function; bf16 stays close."""
+    torch.manual_seed(0)
+    ref = ProjectedDiscriminator(feat_res=64, diffaug=False, channels_last=False).eval()
+    img = _imgs(2, 32)
+    with torch.no_grad():
+        expected = ref(img)
+        for kwargs, tol in ((dict(channels_last=True), 1e-4), (dict(bf16=True), 0.1)):
+            other = ProjectedDiscriminator(feat_res=64, diffaug=False, **kwargs).eval()
+            other.load_state_dict(ref.state_dict())
+            got = other(img)
+            assert (got - expected).abs().max() <= tol * expected.abs().max(), kwargs
+        # The plain reference (benchmarks/reference_discriminator.py: unfolded BatchNorms, torch's spectral_norm,
+        # frozen parts as parameters) has other state-dict keys: it is built
+        # from the same seed instead, which gives the same weights and the same spectral-norm estimates.
+        torch.manual_seed(0)
+        plain = ReferenceDiscriminator(feat_res=64, diffaug=False).eval()
+        assert (plain(img) - expected).abs().max() <= 1e-4 * expected.abs().max()
+        assert not plain.channels_last
+    # channels_last is the default (measured faster on CPU too); after a forward the backbone holds NHWC weights.
+    default = ProjectedDiscriminator(feat_res=64, pretrained=False)
+    assert default.channels_last
+    default(img)
+    convs = [m for m in default.feature_network.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size[0] > 1]
+    assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+
+
+@pytest.mark.parametrize("feat_res", [64, 224])
+def test_minidisc_widths_follow_the_paper_at_any_feature_resolution(feat_res):
+    """Widths double per strided block and reach 512 on the common grid: the paper's 64->128->256->512 on the
+    finest level at 224, and the same (not wider) networks at small feat_res."""
+    D = ProjectedDiscriminator(feat_res=feat_res, pretrained=False)
+    widths = [[m.out_channels for m in d.modules() if isinstance(m, torch.nn.Conv2d)] for d in D.discs]
+    assert widths == [[128, 256, 512, 1], [256, 512, 1], [512, 1], [1]]
+    assert 7.4e6 < sum(p.numel() for p in D.parameters()) < 7.6e6
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Whole-object serialisation: hosts pickle / deepcopy D into their snapshots.
+
+
+def _moved_D(cond):
+    torch.manual_seed(0)
+    kw = dict(c_dim=3, cond=True) if cond else {}
+    D = ProjectedDiscriminator(feat_res=64, pretrained=False, **kw)
+    with torch.no_grad():
+        for p in D.discs.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    D.train()(_imgs(4, 32), torch.eye(3)[[0, 1, 2, 0]] if cond else None)  # Power iterations move u, v.
+    return D
+
+
+@pytest.mark.parametrize("cond", [False, True])
+def test_deepcopy_pickle_and_torch_save_reproduce_the_discriminator(cond):
+    D = _moved_D(cond)
+    img, c = _imgs(3, 48, seed=5), (torch.eye(3)[[2, 1, 0]] if cond else None)
+    buf = io.BytesIO()
+    torch.save(D, buf)
+    buf.seek(0)
+    copies = {"deepcopy": copy.deepcopy(D), "pickle": pickle.loads(pickle.dumps(D)),
+              "torch.save": torch.load(buf, weights_only=False)}
+    saved = copy.deepcopy(D.state_dict())
+    for mode in ("eval", "train"):  # A training forward also runs the power iteration: compare the updates too.
+        for name, other in copies.items():
+            D.load_state_dict(saved)
+            assert all(torch.equal(v, other.state_dict()[k]) for k, v in saved.items()), name
+            D.train(mode == "train")
+            other.train(mode == "train")
+            with torch.no_grad():
+                torch.manual_seed(7)  # DiffAugment's draws.
+                expected = D(img, c)
+                torch.manual_seed(7)
+                got = other(img, c)
+            assert torch.isfinite(expected).all()
+            assert torch.equal(got, expected), (mode, name)
+            assert all(torch.equal(v, other.state_dict()[k]) for k, v in D.state_dict().items()), (mode, name)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Mini-discriminator norms: batch statistics only.
+
+
+def _with_torch_batchnorm(module):
+    """A copy of `module` whose BatchStatsNorm2d layers are today's torch.nn.BatchNorm2d (running statistics)."""
+    module = copy.deepcopy(module)
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, BatchStatsNorm2d):
+                bn = torch.nn.BatchNorm2d(child.num_features, eps=child.eps)
+                bn.load_state_dict(child.state_dict(), strict=False)
+                setattr(parent, name, bn)
+    return module
+
+
+@pytest.mark.parametrize("cond", [False, True])
+def test_training_mode_is_bit_identical_to_running_stat_batchnorm(cond):
+    """No GAN loss uses D's running statistics: in training mode the norm computes exactly what BatchNorm2d does,
+    outputs and gradients, step after step."""
+    torch.manual_seed(0)
+    ours = MiniDiscriminator(64, 16, 2, c_dim=3 if cond else 0).train()
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    old = _with_torch_batchnorm(ours).train()
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) and m.track_running_stats for m in old.modules()) == 3
+    c = torch.eye(3)[[0, 1, 2, 0]] if cond else None
+    for step in range(3):
+        x = torch.randn(4, 64, 16, 16, generator=torch.Generator().manual_seed(step))
+        xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        a, b = ours(xa, c), old(xb, c)
+        assert torch.equal(a, b), step
+        a.square().sum().backward()
+        b.square().sum().backward()
+        assert torch.equal(xa.grad, xb.grad)
+        assert all(torch.equal(p.grad, q.grad) for p, q in zip(ours.parameters(), old.parameters()))
+
+
+def test_norm_layers_keep_no_running_statistics():
+    D = ProjectedDiscriminator(feat_res=64, pretrained=False)
+    norms = [m for m in D.discs.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert len(norms) == 6 and all(isinstance(m, BatchStatsNorm2d) and not m.track_running_stats for m in norms)
+    assert not any(k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in D.state_dict())
+
+
+def test_non_finite_batch_warns_once_and_does_not_poison_eval():
+    """What a host's print_module_summary does: D sees G(torch.empty(...)) first, possibly NaN/inf."""
+    torch.manual_seed(0)
+    D = ProjectedDiscriminator(feat_res=64, pretrained=False, diffaug=False).train()
+    bad = _imgs(4, 32)
+    bad[0, 0, 0, 0], bad[1, 1, 2, 3] = float("nan"), float("inf")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with torch.no_grad():
+            assert not torch.isfinite(D(bad)).all()
+            D(bad)
+    ours = [w for w in caught if "non-finite input to ProjectedDiscriminator" in str(w.message)]
+    assert len(ours) == 1 and ours[0].category is RuntimeWarning
+    with torch.no_grad():
+        train_logits = D(_imgs(4, 32, seed=1))
+        eval_logits = D.eval()(_imgs(4, 32, seed=1))
+    assert torch.isfinite(train_logits).all() and torch.isfinite(eval_logits).all()
+    assert torch.allclose(eval_logits, train_logits, atol=1e-5)  # Eval = batch statistics, as in training.
+    # The range check still runs on the first finite batches.
+    with pytest.raises(ValueError, match="127.5"):
+        ProjectedDiscriminator(feat_res=64, pretrained=False)(torch.rand(2, 3, 32, 32) * 255)
+
+
+def test_old_state_dicts_with_running_statistics_and_parametrized_embedding_load():
+    """Snapshots written before: mini-D BatchNorms with running statistics, the label embedding under torch's
+    spectral_norm parametrisation. They load (strictly) and give the same function."""
+    from torch.nn.utils.parametrizations import spectral_norm
+    D = _moved_D(cond=True)
+    old = {}
+    for k, v in D.state_dict().items():
+        if ".embed." in k:
+            name = k.rsplit(".", 1)[1]
+            k = k.replace(".embed." + name, ".embed." + {"weight": "parametrizations.weight.original",
+                                                       "u": "parametrizations.weight.0._u",
+                                                       "v": "parametrizations.weight.0._v"}.get(name, name))
+        old[k] = v.clone()
+    # The exact key set of a module built with torch's BatchNorm2d and spectral_norm(Linear).
+    legacy = _with_torch_batchnorm(D.discs[0])
+    legacy.embed = spectral_norm(torch.nn.Linear(3, 64))
+    for k, v in legacy.state_dict().items():
+        if k.startswith("main.") and "running" in k or k.endswith("num_batches_tracked"):
+            old["discs.0." + k] = v.fill_(7) if v.is_floating_point() else v
+    assert any("running_mean" in k for k in old) and any("parametrizations" in k for k in old)
+    assert {k[len("discs.0."):] for k in old if k.startswith("discs.0.")} == set(legacy.state_dict())
+    torch.manual_seed(1)
+    fresh = ProjectedDiscriminator(feat_res=64, pretrained=False, c_dim=3, cond=True)
+    fresh.load_state_dict(old)  # strict
+    img, c = _imgs(3, 32, seed=2), torch.eye(3)[[0, 2, 1]]
+    with torch.no_grad():
+        torch.manual_seed(3)
+        expected = D.eval()(img, c)
+        torch.manual_seed(3)
+        assert torch.equal(fresh.eval()(img, c), expected)
+
+
+def test_replicas_on_different_data_keep_identical_state():
+    """Emulated 2-GPU DDP (broadcast_buffers=False): the ranks see different batches and apply the all-reduced
+    gradient. Every tensor of D (parameters and buffers, spectral-norm u/v included) stays bit-identical, which is
+    what the hosts' check_ddp_consistency asserts at each snapshot."""
+    torch.manual_seed(0)
+    ranks = [ProjectedDiscriminator(feat_res=64, pretrained=False, c_dim=2, cond=True).train()]
+    ranks.append(copy.deepcopy(ranks[0]))
+    opts = [torch.optim.Adam(r.parameters(), lr=1e-3) for r in ranks]
+    for step in range(2):
+        grads = []
+        for i, D in enumerate(ranks):
+            D.zero_grad(set_to_none=True)
+            torch.manual_seed(100 * step + i)  # Different data and DiffAugment draws per rank.
+            D(_imgs(3, 32, seed=10 * step + i), torch.eye(2)[[0, 1, i]]).mean().backward()
+            grads.append([p.grad for p in D.parameters()])
+        for per_param in zip(*grads):
+            mean = sum(per_param) / len(per_param)
+            for g in per_param:
+                g.copy_(mean)
+        for opt in opts:
+            opt.step()
+        a, b = (r.state_dict() for r in ranks)
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# StyleGAN host kwargs.
+
+
+STYLEGAN3_D_KWARGS = dict(block_kwargs=dict(freeze_layers=0), mapping_kwargs={},
+                          epilogue_kwargs=dict(mbstd_group_size=4), channel_base=32768, channel_max=512,
+                          num_fp16_res=4, conv_clamp=256)
+STYLEGAN2_ADA_D_KWARGS = dict(block_kwargs={}, mapping_kwargs={}, epilogue_kwargs=dict(mbstd_group_size=4),
+                              channel_base=16384, channel_max=512, num_fp16_res=4, conv_clamp=256,
+                              architecture="orig")
+
+
+@pytest.mark.parametrize("host_kwargs", [STYLEGAN3_D_KWARGS, STYLEGAN2_ADA_D_KWARGS,
+                                         dict(cmap_dim=None, mbstd_group_size=4, mbstd_num_channels=1)])
+def test_stylegan_host_kwargs_are_accepted_and_ignored_with_one_note(caplog, host_kwargs):
+    """What the hosts' training loops do: construct_class_by_name(**D_kwargs, c_dim=..., img_resolution=...,
+    img_channels=...) with D_kwargs from their train.py."""
+    assert set(host_kwargs) <= HOST_KWARGS
+    with caplog.at_level(logging.INFO, logger="projector_plugin"):
+        torch.manual_seed(0)
+        D = ProjectedDiscriminator(c_dim=0, img_resolution=64, img_channels=3, feat_res=64, pretrained=False,
+                                   **host_kwargs)
+    notes = [r for r in caplog.records if "ignoring StyleGAN discriminator options" in r.getMessage()]
+    assert len(notes) == 1 and notes[0].name == "projector_plugin"
+    assert all(k in notes[0].getMessage() for k in host_kwargs)
+    torch.manual_seed(0)
+    plain = ProjectedDiscriminator(c_dim=0, img_resolution=64, img_channels=3, feat_res=64, pretrained=False)
+    assert all(torch.equal(v, plain.state_dict()[k]) for k, v in D.state_dict().items())
+
+
+def test_unknown_kwargs_are_rejected_naming_the_kwarg_and_the_options():
+    with pytest.raises(TypeError) as e:
+        ProjectedDiscriminator(feat_res=64, pretrained=False, channel_base=1, num_disc=2)
+    msg = str(e.value)
+    assert "'num_disc'" in msg and "'channel_base'" not in msg.split("valid options")[0]
+    assert all(opt in msg for opt in ("num_discs", "backbone", "feat_res", "diffaug_policy", "channel_base"))
+    with pytest.raises(TypeError, match="'plain'"):  # The benchmark reference moved to benchmarks/.
+        ProjectedDiscriminator(feat_res=64, pretrained=False, plain=True)
