@@ -192,6 +192,7 @@ def main(metrics, network, data, data2, gpus, batch, device, run_dir, cache_dir,
                 dataset2_kwargs=dict(path=data2) if data2 is not None else None, gpus=gpus, batch=batch,
                 device=device, run_dir=run_dir, cache_dir=cache_dir, cache=cache, fd_method=fd_method,
                 verbose=verbose, kimg=kimg, allow_class=allow_class)
+    run_dir_existed = run_dir is not None and os.path.isdir(run_dir)
     try:
         if gpus == 1:
             _run(0, args, None)
@@ -200,6 +201,8 @@ def main(metrics, network, data, data2, gpus, batch, device, run_dir, cache_dir,
                 torch.multiprocessing.spawn(_spawned, args=(args, os.path.join(tmp, ".torch_distributed_init")),
                                             nprocs=gpus)
     except Exception as e:
+        if run_dir is not None and not run_dir_existed:
+            cli_common.remove_if_empty(run_dir)  # a --run-dir this call created and could not write into
         if _is_user_error(e):
             raise click.ClickException(_one_line(e)) from None
         raise

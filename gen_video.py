@@ -13,7 +13,6 @@ name next to --output and renamed when complete, so a full disk never leaves a t
 """
 
 import os
-import tempfile
 
 import click
 import numpy as np
@@ -75,20 +74,10 @@ def write_video(frames, path: str, fps: int) -> None:
         import imageio
 
         # ffmpeg needs a file name with the right extension, not a file object.
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp.mp4", dir=directory)
-        os.close(fd)
-        try:
+        with util.atomic_path(path, suffix=".tmp.mp4") as tmp:
             with imageio.get_writer(tmp, mode="I", fps=fps, codec="libx264", bitrate="16M") as writer:
                 for f in frames:
                     writer.append_data(np.repeat(f, 3, axis=2) if f.shape[2] == 1 else f)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
     else:
         raise ValueError(f"unsupported video format '{ext}'")
 

@@ -4,7 +4,8 @@ The host around it (training/, torch_utils/, metrics/ and the CLIs) runs from th
 does: its generic top-level names would otherwise land in site-packages and shadow a host codebase's own
 `training` or `torch_utils`. Extras add dependencies only, never packages:
   [host]  what the host here needs besides the plugin (CLIs, datasets, metrics, ops builds).
-  [test]  what the test-suite needs offline (pytest; scikit-image for real photos; ruff for the lint gate).
+  [test]  what the test-suite needs offline (pytest; scikit-image for real photos; ruff for the lint gate;
+          setuptools, to build the plugin offline in the test of `pip install .`).
 
     pip install .                      # the plugin, e.g. into a StyleGAN3 or StyleGAN2-ADA environment
     pip install -e ".[host,test]"      # working on this repository
@@ -45,6 +46,9 @@ TEST_REQUIRES = [
     "pytest",
     "scikit-image",  # real photos (data.chelsea, data.coffee) for the pretrained-weights checks
     "ruff==0.17.6",  # the lint gate of the test command (pinned: new rules must not break CI unannounced)
+    # The build backend, in the test environment itself: the test of `pip install .` builds the plugin offline
+    # with --no-build-isolation (fresh venvs of Python >= 3.12 come without it). >= 70.1: bdist_wheel built in.
+    "setuptools>=70.1",
 ]
 
 setup(

@@ -2,7 +2,7 @@
 
 Examples:
 
-    # CPU demo: the bundled emoji, small networks, 1.5 kimg (about 5 minutes on 2 idle cores).
+    # CPU demo: the bundled emoji, small networks, 1.5 kimg (the README's demo command; timing there).
     python train.py --outdir=runs --cfg=fastgan_lite --data=data/fluent-emoji-64.zip --gpus=1 --batch=16 \\
         --ngf=32 --feat-res=64 --kimg=1.5 --tick=0.5 --snap=10 --img-snap=1 --mirror=1 --ema-kimg=0.25 \\
         --metrics=none --workers=1
@@ -19,7 +19,9 @@ Examples:
 
 Every option that does not apply to the chosen --cfg/--loss is rejected rather than ignored, and so is
 every value that cannot be meant (nan/inf, a negative duration, a --desc that would leave --outdir).
-A run that fails before its first snapshot leaves no run directory behind.
+A run that fails before its first snapshot leaves no run directory behind. SIGTERM/SIGINT (also sent to the
+launcher of --gpus=N processes, which forwards them) stop training at the next step: the resume state is saved,
+one 'Stopped' line says where, and the exit status is 128+signal.
 """
 
 import copy
@@ -32,8 +34,10 @@ import os
 import pickle
 import re
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import zipfile
 
 import click
@@ -102,6 +106,8 @@ def parse_grid(value):
 
 def check_outdir_and_desc(outdir: str, desc) -> None:
     """--outdir must be (or be creatable as) a writable directory; --desc must stay inside it."""
+    if not outdir.strip():
+        _fail("outdir", "is empty; give a directory")
     problem = cli_common.output_dir_problem(outdir)
     if problem:
         _fail("outdir", problem)
@@ -320,6 +326,8 @@ def check_backbone_weights(path: str, backbone: str) -> None:
     It is read with torch.load(weights_only=True), which refuses pickled objects other than tensors and plain
     containers, so a file that would run code when unpickled is rejected without running it.
     """
+    if os.path.isdir(path):
+        _fail("backbone-weights", f"'{path}' is a directory, not a weights file")
     if not os.path.isfile(path):
         _fail("backbone-weights", f"'{path}' does not exist")
     try:
@@ -361,6 +369,17 @@ def resolve_resume(opts) -> str:
         return snapshot_lib.resolve_resume(opts.resume, outdir=opts.outdir)
     except snapshot_lib.SnapshotError as err:
         _fail("resume", cli_common.one_line(err))
+
+
+def remove_stale_writes(outdir: str, resume_path: str = None) -> list:
+    """Delete the temporary files of snapshot writers that were killed (SIGKILL, power loss) in every run directory
+    under `outdir` and in the folder of the file being resumed; files of live writers stay. Returns the paths."""
+    from training import snapshot as snapshot_lib
+
+    removed = snapshot_lib.clean_stale_temp_files(outdir)
+    if resume_path is not None:
+        removed += snapshot_lib.remove_stale_temp_files(os.path.dirname(os.path.abspath(resume_path)))
+    return removed
 
 
 def check_resume_compatible(path: str, c: util.EasyDict, common: dict) -> None:
@@ -462,14 +481,56 @@ def _report(rank: int, message: str, status: int, leading_newline: bool = False,
     return status
 
 
+class _SignalsRaise:
+    """While active (main thread only), the first SIGTERM or SIGINT raises `make(signum)` where the process happens
+    to be, and later ones are ignored: the process is shutting down already. The training loop installs its own
+    handlers while it runs (stop at a step boundary, save the resume state) and restores these afterwards."""
+
+    def __init__(self, make):
+        self.make, self.fired, self.old = make, False, {}
+
+    def _handler(self, signum, frame):
+        if not self.fired:
+            self.fired = True
+            raise self.make(signum)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self.old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
+        return False
+
+
 def subprocess_fn(rank, c, world_size, init_method, device_kind, outdir, desc, local_rank=None, local_world_size=None):
     """Body of every training process (spawned, torchrun-started, or the single in-process run).
 
     Exits with SystemExit(status) on the failures `run_training` maps; rank 0 then removes a run directory that
-    got no snapshot.
+    got no snapshot. SIGTERM/SIGINT outside the training loop (while the run is set up or shut down) stop the
+    process with one 'Stopped' line and status 128+signal, after the same clean-up.
     """
     from training import training_loop
 
+    def interrupted(signum):
+        return training_loop.TrainingInterrupted(
+            signum, f"interrupted by {signal.Signals(signum).name} outside the training loop (while setting up or "
+                    f"shutting down the run); nothing was saved by the interruption")
+
+    with _SignalsRaise(interrupted):
+        try:
+            _process_body(training_loop, rank, c, world_size, init_method, device_kind, outdir, desc, local_rank,
+                          local_world_size)
+        except training_loop.TrainingInterrupted as err:
+            _report(rank, cli_common.one_line(err), 0, prefix="Stopped")
+            raise SystemExit(128 + int(err.signum)) from None
+
+
+def _process_body(training_loop, rank, c, world_size, init_method, device_kind, outdir, desc, local_rank,
+                  local_world_size):
     cli_common.setup_logging()
     local_rank = rank if local_rank is None else local_rank
     local_world_size = world_size if local_world_size is None else local_world_size
@@ -530,6 +591,54 @@ def subprocess_fn(rank, c, world_size, init_method, device_kind, outdir, desc, l
 
 def _spawn_target(rank, c, world_size, init_method, device_kind, outdir, desc):
     subprocess_fn(rank, c, world_size, init_method, device_kind, outdir, desc)
+
+
+class _Forwarded(Exception):
+    pass
+
+
+def spawn_and_wait(world_size: int, args: tuple) -> None:
+    """Run `_spawn_target` in `world_size` processes and wait for them.
+
+    SIGTERM/SIGINT sent to this launcher are forwarded to the training processes, which stop together at a step
+    boundary and save the resume state; the launcher then waits for all of them (it never terminates one that is
+    still writing) and exits with their status (128+signal). Raises ProcessExitedException/ProcessRaisedException
+    like torch.multiprocessing.spawn when a process fails on its own.
+    """
+    context = torch.multiprocessing.spawn(fn=_spawn_target, args=args, nprocs=world_size, join=False)
+    received = []
+
+    def forward(signum, frame):
+        received.append(signum)
+        for process in context.processes:
+            if process.is_alive():
+                try:
+                    os.kill(process.pid, signum)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        if len(received) == 1:
+            raise _Forwarded
+
+    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        try:
+            while not context.join():
+                pass
+            return
+        except _Forwarded:
+            pass
+        name = signal.Signals(received[0]).name
+        print(f"{name}: asked the {world_size} training processes to stop (they save the resume state first); "
+              f"waiting for them", file=sys.stderr, flush=True)
+        for process in context.processes:
+            process.join()  # a second signal is forwarded too: the processes then stop at once
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    codes = [process.exitcode for process in context.processes]
+    status = next((code if code > 0 else 128 - code for code in codes if code), 0)
+    if status:
+        raise SystemExit(status)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -673,9 +782,7 @@ def main(**kwargs):
         return
 
     if c.resume is not None and rank == 0:
-        from training import snapshot as snapshot_lib
-
-        for path in snapshot_lib.remove_stale_temp_files(os.path.dirname(os.path.abspath(c.resume))):
+        for path in remove_stale_writes(opts.outdir, c.resume):
             print(f"Removed a half-written snapshot left by a killed run: {path}")
 
     if dist.launched_by_torchrun():
@@ -689,9 +796,7 @@ def main(**kwargs):
             init_file = os.path.abspath(os.path.join(temp_dir, ".torch_distributed_init"))
             init_method = f"file://{init_file}" if os.name != "nt" else f"file:///{init_file.replace(os.sep, '/')}"
             try:
-                torch.multiprocessing.spawn(fn=_spawn_target,
-                                            args=(c, world_size, init_method, opts.device, opts.outdir, desc),
-                                            nprocs=world_size)
+                spawn_and_wait(world_size, (c, world_size, init_method, opts.device, opts.outdir, desc))
             except torch.multiprocessing.ProcessExitedException as err:
                 if err.exit_code is not None and err.exit_code > 128:  # stopped by a signal: keep its exit status
                     raise SystemExit(err.exit_code) from None

@@ -20,6 +20,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+from torch_utils import util  # noqa: E402
 from torch_utils.ops import bias_act, upfirdn2d  # noqa: E402
 
 
@@ -141,11 +142,9 @@ def main(argv=None):
     tag = "cpu" if device.type == "cpu" else re.sub(r"[^a-z0-9]+", "_", device_name.lower()).strip("_")
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"ops_{tag}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    tmp = out + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(dict(device=device_name, torch=torch.__version__, repeats=repeats, warmup=warmup,
-                       quick=args.quick, rows=rows), fh, indent=1)
-    os.replace(tmp, out)  # No half-written JSON if interrupted.
+    text = json.dumps(dict(device=device_name, torch=torch.__version__, repeats=repeats, warmup=warmup,
+                           quick=args.quick, rows=rows), indent=1)
+    util.atomic_write(out, lambda f: f.write(text.encode("utf-8")))  # No half-written JSON if interrupted.
     print(f"\nWrote {out}")
     return 0
 

@@ -30,6 +30,11 @@ import tempfile
 import time
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from torch_utils import util  # noqa: E402  (stdlib-only module: the driver stays fast to start)
+
 SCHEMA = 1
 STEPS = ("build_ops", "cuda_tests", "train", "d_step", "fid")
 # Minimum seconds each step needs to be worth starting (full run; dry runs need far less).
@@ -107,7 +112,7 @@ def worker_d_step(a):
         if device.type != "cuda" and kwargs["bf16"]:
             kwargs = dict(kwargs, bf16=False)  # bf16 autocast on a CPU without native support only measures that
         D = ProjectedDiscriminator(feat_res=s["feat_res"], **kwargs).to(device).train()
-        opt = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0, 0.99))
+        opt = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.0, 0.99))
         real = torch.rand(s["batch"], 3, s["res"], s["res"], device=device) * 2 - 1
         fake = torch.rand(s["batch"], 3, s["res"], s["res"], device=device) * 2 - 1
         c = torch.zeros(s["batch"], 0, device=device)
@@ -180,10 +185,7 @@ class Check:
     def save(self):
         os.makedirs(self.out_dir, exist_ok=True)
         self.data.update(updated=time.strftime("%Y-%m-%d %H:%M:%S"), deadline_s=self.deadline)
-        fd, tmp = tempfile.mkstemp(dir=self.out_dir, prefix=".gpu_check.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(self.data, f, indent=2)
-        os.replace(tmp, self.path)
+        util.atomic_write(self.path, lambda f: f.write(json.dumps(self.data, indent=2).encode("utf-8")))
 
     def remaining(self):
         return self.deadline - (time.time() - self.t0)
@@ -330,6 +332,8 @@ def main(argv=None):
     if a.deadline <= 0:
         p.error("--deadline must be positive")
     out_dir = os.path.abspath(a.out or os.environ.get("OUT") or "gpu_check_out")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        p.error(f"--out: '{out_dir}' is a file; give a folder (gpu_check.json is written into it)")
     check = Check(out_dir, a.deadline, a.dry_run, a.force)
     if not a.dry_run:
         import torch

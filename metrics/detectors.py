@@ -118,7 +118,7 @@ class InceptionDetector(FeatureDetector):
 
     def __init__(self, path=None, cache_dir=None, require_classifier=False, allow_download=True,
                  channels_last=True, **kwargs):
-        # channels_last: 1.47x the img/s of NCHW on our CPU at 1.6e-6 relative feature error (docs/benchmarks.md).
+        # channels_last by default: faster than NCHW at float32 feature agreement (measured: docs/benchmarks.md).
         super().__init__(channels_last=channels_last, **kwargs)
         weights = inception_lib.find_inception_weights(path=path, cache_dir=cache_dir,
                                                        require_classifier=require_classifier,

@@ -40,8 +40,10 @@ def trace_sqrt_product_eigh(sigma1, sigma2):
     """tr((S1 S2)^(1/2)) for symmetric PSD S1, S2 via two symmetric eigen-decompositions.
 
     S1 S2 is similar to S1^(1/2) S2 S1^(1/2), which is symmetric PSD, so the trace of the root is the sum of
-    the square roots of that matrix's eigenvalues. ~5-10x faster than the Schur sqrtm for D = 2048 and at
-    least as accurate for PSD inputs; the default remains scipy's sqrtm, the computation behind published FIDs.
+    the square roots of that matrix's eigenvalues. Symmetric eigen-decompositions cost less than the Schur
+    decomposition of a general matrix and are at least as accurate for PSD inputs (compare the two with
+    `benchmarks/bench_metrics.py --evaluation --fd-method`); the default remains scipy's sqrtm, the computation
+    behind published FIDs.
     """
     w, v = np.linalg.eigh(sigma1)
     root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T

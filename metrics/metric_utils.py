@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from torch_utils import util
+from torch_utils.image_dataset import ImageFolderDataset
 from torch_utils.image_io import IMAGE_EXTENSIONS, is_image_file, to_uint8
 
 from . import detectors
@@ -90,7 +91,7 @@ _open_datasets = {}  # (kwargs, fingerprint) -> dataset: opening reads every ima
 
 
 def open_dataset(dataset_kwargs, what="dataset"):
-    """Construct the dataset (training.dataset.ImageFolderDataset unless `class_name` says otherwise).
+    """Construct the dataset (torch_utils.image_dataset.ImageFolderDataset unless `class_name` says otherwise).
 
     Instances are reused while the files are unchanged (same fingerprint), because ImageFolderDataset
     validates every image header when opened and metrics are evaluated again at every snapshot.
@@ -107,10 +108,8 @@ def open_dataset(dataset_kwargs, what="dataset"):
         return _open_datasets[key]
     try:
         if class_name is None:
-            from training.dataset import ImageFolderDataset
             dataset = ImageFolderDataset(**kwargs)
         else:
-            from torch_utils import util
             dataset = util.construct_class_by_name(class_name=class_name, **kwargs)
     except (OSError, ValueError, RuntimeError) as e:
         raise MetricError(f"cannot open {what} {path}: {e}") from e

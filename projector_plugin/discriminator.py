@@ -182,10 +182,14 @@ class ProjectedDiscriminator(torch.nn.Module):
         self.bf16 = bf16
         self._inputs_checked = 0
         self._warned_nonfinite = False
-        self._backbone_channels_last = False
 
         self.feature_network = FrozenFeatureNetwork(backbone, weights=weights, pretrained=pretrained,
                                                     feat_res=feat_res)
+        if self.channels_last:
+            # At construction, not at the first forward: every replica must hold its buffers in the same memory
+            # layout whatever it has run. Hosts broadcast rank 0's tensors after a module summary that ran on
+            # rank 0 only, and a raw broadcast between tensors of different layouts scrambles the weights.
+            self.feature_network.to(memory_format=torch.channels_last)
         self.projection = RandomProjection(self.feature_network.channels, proj_type, proj_width, expand, proj_seed)
         resolutions = self.feature_network.resolutions
         self.discs = torch.nn.ModuleList(
@@ -240,9 +244,6 @@ class ProjectedDiscriminator(torch.nn.Module):
         if self.diffaug:
             img = DiffAugment(img, self.diffaug_policy)
         if self.channels_last:
-            if not self._backbone_channels_last:  # Converted once, on first use, on the device it runs on.
-                self.feature_network.to(memory_format=torch.channels_last)
-                self._backbone_channels_last = True
             img = img.contiguous(memory_format=torch.channels_last)
         with self._autocast(img.device):
             feats = self.projection(self.feature_network(img))

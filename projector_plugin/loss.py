@@ -140,6 +140,7 @@ class ProjectedGANLoss:
         self.blur_fade_kimg = float(blur_fade_kimg)
         self._report = report
         self._nimg = 0  # Images seen, for hosts (StyleGAN2-ADA) that do not pass cur_nimg.
+        self._warned_reg_phases = set()
 
         # How to run G, decided once. A wrapped G is called whole: reaching into `.module.mapping` would bypass
         # DDP and leave its gradients un-reduced.
@@ -184,6 +185,19 @@ class ProjectedGANLoss:
             warnings.warn(f"ProjectedGANLoss: the discriminator has c_dim={c_dim} but was built with cond=False, "
                           f"so it ignores the labels and training is unconditional; pass cond=True in the D "
                           f"kwargs for a class-conditional discriminator", UserWarning, stacklevel=3)
+
+    def _note_lazy_regularisation(self, phase, interval):
+        """Warn once per network: a host that runs a 'reg' phase every k steps built that network's Adam with
+        lr * k/(k+1) and betas ** (k/(k+1)); with an empty phase only that slower optimiser remains."""
+        if phase in self._warned_reg_phases:
+            return
+        self._warned_reg_phases.add(phase)
+        net = phase[0]
+        ratio = f"{interval:g}/{interval + 1:g}" if interval >= 1 else "k/(k+1)"
+        warnings.warn(f"ProjectedGANLoss: the host runs lazy regularisation for {net} (phase '{phase}', interval "
+                      f"{interval:g}), which does nothing here, but the host has built {net}'s Adam with lr x {ratio} "
+                      f"and betas ** ({ratio}) for it; set {net}_reg_interval = None in the host's train.py to train "
+                      f"{net} at the lr and betas given (warned once per network)", UserWarning, stacklevel=3)
 
     # -- reporting ----------------------------------------------------------------------------------------------
     def report(self, name, value):
@@ -243,6 +257,7 @@ class ProjectedGANLoss:
         if cur_nimg is None:
             cur_nimg = self._nimg
         if phase in ("Greg", "Dreg"):
+            self._note_lazy_regularisation(phase, gain)
             return  # No regularisation in Projected GANs.
         blur_sigma = self.blur_sigma(cur_nimg)
         G_modules = self._G_modules()

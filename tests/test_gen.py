@@ -236,24 +236,20 @@ class _FullDiskFile:
     def __getattr__(self, name):
         return getattr(self._f, name)
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self._f.close()
-
 
 def _fill_disk_after(monkeypatch, files_ok):
-    """From the (files_ok + 1)-th atomic write on, every write fails with ENOSPC."""
-    real_fdopen = util.os.fdopen
+    """From the (files_ok + 1)-th atomic write on, every write fails with ENOSPC (the real atomic_write runs, with
+    a file object whose writes fail, whatever way it opens its temporary file)."""
+    real_atomic_write = util.atomic_write
     count = [0]
 
-    def fdopen(fd, *args, **kwargs):
-        f = real_fdopen(fd, *args, **kwargs)
+    def atomic_write(path, write, *args, **kwargs):
         count[0] += 1
-        return f if count[0] <= files_ok else _FullDiskFile(f)
+        if count[0] > files_ok:
+            return real_atomic_write(path, lambda f: write(_FullDiskFile(f)), *args, **kwargs)
+        return real_atomic_write(path, write, *args, **kwargs)
 
-    monkeypatch.setattr(util.os, "fdopen", fdopen)
+    monkeypatch.setattr(util, "atomic_write", atomic_write)
 
 
 def test_disk_full_leaves_earlier_images_intact_and_no_partial_file(tmp_path, snaps, monkeypatch):

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import projector_plugin
+from torch_utils import training_stats
 from torch_utils.ops import conv2d_gradfix
 from training import loss as loss_module
 from training.loss import StyleGAN2Loss
@@ -353,7 +354,6 @@ def test_reports_every_documented_statistic():
 
 
 def test_default_report_is_training_stats():
-    training_stats = pytest.importorskip('torch_utils.training_stats')
     loss = StyleGAN2Loss('cpu', ToyG(), ToyD())
     assert loss.report is training_stats.report
 

@@ -1,4 +1,5 @@
-"""calc_metric / report_metric / calc_metrics.py end to end, on folders of PNGs.
+"""metrics/metric_utils.py and metric_main.py: FeatureStats, and calc_metric / report_metric / calc_metrics.py end
+to end on folders of PNGs.
 
 A cheap stand-in detector (block means of the image, 12 features) replaces the real networks here so that
 the plumbing -- datasets, caching, generator sampling, multi-process gathering, CLI -- is tested quickly;
@@ -17,7 +18,7 @@ from click.testing import CliRunner
 
 from metrics import detectors, metric_main, metric_utils
 from metrics.detectors import FeatureDetector
-from metrics.metric_utils import MetricError
+from metrics.metric_utils import FeatureStats, MetricError
 
 RES = 16
 NUM_IMAGES = 30
@@ -113,6 +114,29 @@ def calc(metric, folders_or_paths, cache_dir, **kwargs):
     a, b = folders_or_paths
     return metric_main.calc_metric(metric, dataset_kwargs=dict(path=a), dataset2_kwargs=dict(path=b) if b else None,
                                    cache_dir=str(cache_dir), batch_size=8, **kwargs)
+
+
+# ----------------------------------------------------------------------------
+# FeatureStats (metric_utils): streaming feature statistics and their on-disk cache files.
+
+
+def test_feature_stats_mean_cov_all_and_truncation(tmp_path):
+    rng = np.random.RandomState(0)
+    x = rng.standard_normal([103, 5]).astype(np.float32)
+    stats = FeatureStats(capture_all=True, capture_mean_cov=True, max_items=100)
+    for chunk in np.array_split(x, 9):
+        stats.append(torch.from_numpy(chunk))
+    assert stats.is_full() and stats.num_items == 100
+    np.testing.assert_array_equal(stats.get_all(), x[:100])
+    mean, cov = stats.get_mean_cov()
+    np.testing.assert_allclose(mean, x[:100].astype(np.float64).mean(0), rtol=1e-12)
+    np.testing.assert_allclose(cov, np.cov(x[:100].astype(np.float64), rowvar=False, bias=True), atol=1e-12)
+    path = str(tmp_path / "s.npz")
+    stats.save(path)
+    loaded = FeatureStats.load(path, capture_all=True, capture_mean_cov=True, max_items=100)
+    np.testing.assert_array_equal(loaded.get_all(), stats.get_all())
+    np.testing.assert_array_equal(loaded.get_mean_cov()[1], cov)
+    assert [p.name for p in tmp_path.iterdir()] == ["s.npz"]  # No temp files left behind.
 
 
 # ----------------------------------------------------------------------------
@@ -255,6 +279,23 @@ def test_report_metric_appends_json_lines(tmp_path):
     assert metric_main.report_metric(result)["metric"] == "fid50k_full"  # No run_dir: nothing written.
     assert metric_main.report_metric(result, run_dir=str(run_dir), snapshot_pkl=snap, kimg=1.504)["kimg"] == 1.504
     assert json.loads((run_dir / "metric-fid50k_full.jsonl").read_text().splitlines()[2])["kimg"] == 1.504
+
+
+def test_metrics_do_not_import_training(folders):
+    """The metrics package (every module, and reading a folder dataset) loads nothing of the training package."""
+    import subprocess
+    import sys
+
+    repo = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+    code = ("import pkgutil, importlib, sys, metrics\n"
+            "for m in pkgutil.iter_modules(metrics.__path__):\n"
+            "    importlib.import_module('metrics.' + m.name)\n"
+            "from metrics import metric_utils\n"
+            f"print(len(metric_utils.open_dataset(dict(path={folders['A']!r}))))\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'training'))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(NUM_IMAGES), "[]"]
 
 
 # ----------------------------------------------------------------------------

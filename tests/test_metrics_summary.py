@@ -10,12 +10,13 @@ import PIL.Image
 import pytest
 
 from metrics import summary
-from training import snapshot
+from torch_utils.snapshot_naming import snapshot_name
+from training import snapshot  # best pointers are resolved by the snapshot loader
 
 
 def _line(metric, results, kimg, snap=None, timestamp=0.0):
     if snap is None and kimg is not None:
-        snap = snapshot.snapshot_name(int(round(kimg * 1000)), fine=True)
+        snap = snapshot_name(int(round(kimg * 1000)))
     return json.dumps(dict(results=results, metric=metric, total_time=1.0, total_time_str="1s", num_gpus=1,
                            snapshot_pkl=snap, kimg=kimg, timestamp=timestamp))
 

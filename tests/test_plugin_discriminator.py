@@ -273,12 +273,16 @@ def test_fast_path_options_keep_the_logits():
         plain = ReferenceDiscriminator(feat_res=64, diffaug=False).eval()
         assert (plain(img) - expected).abs().max() <= 1e-4 * expected.abs().max()
         assert not plain.channels_last
-    # channels_last is the default (measured faster on CPU too); after a forward the backbone holds NHWC weights.
+    # channels_last is the default (measured faster on CPU too); the backbone holds NHWC weights from construction
+    # on, and a forward changes no tensor's layout: replicas that ran different calls (a host's module summary runs
+    # on rank 0 only) still match, which a raw broadcast of rank 0's tensors into the others' relies on.
     default = ProjectedDiscriminator(feat_res=64, pretrained=False)
     assert default.channels_last
-    default(img)
     convs = [m for m in default.feature_network.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size[0] > 1]
     assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+    layout = {k: v.stride() for k, v in default.state_dict().items()}
+    default(img).mean().backward()
+    assert {k: v.stride() for k, v in default.state_dict().items()} == layout
 
 
 @pytest.mark.parametrize("feat_res", [64, 224])
@@ -369,6 +373,44 @@ def test_training_mode_is_bit_identical_to_running_stat_batchnorm(cond):
         b.square().sum().backward()
         assert torch.equal(xa.grad, xb.grad)
         assert all(torch.equal(p.grad, q.grad) for p, q in zip(ours.parameters(), old.parameters()))
+
+
+def test_training_through_the_loss_is_identical_with_running_stat_batchnorm():
+    """Why dropping the running statistics costs no quality: ProjectedGANLoss calls D only in the mode the host
+    left it in, and StyleGAN-style loops keep D in training mode (only snapshot copies are put in eval mode), where
+    BatchNorm2d writes its running statistics but never reads them. So training (D and G phases,
+    blur, DiffAugment, spectral norm, Adam) gives bit-identical G and D with either norm; the running statistics,
+    which nothing reads, are the only difference."""
+    torch.manual_seed(0)
+    D0 = ProjectedDiscriminator(feat_res=32, pretrained=False, c_dim=2, cond=True, num_discs=2).train()
+    runs = {}
+    for name, D in (("batch statistics", copy.deepcopy(D0)), ("running statistics", _with_torch_batchnorm(D0))):
+        torch.manual_seed(1)  # G's init and DiffAugment's draws.
+        G = _ToyG(True)
+        modes = []
+        D.register_forward_pre_hook(lambda module, args, modes=modes: modes.append(module.training))
+        loss = ProjectedGANLoss("cpu", G, D, blur_init_sigma=1, blur_fade_kimg=0.008)
+        opts = {"D": torch.optim.Adam(D.parameters(), lr=2e-3, betas=(0.0, 0.99)),
+                "G": torch.optim.Adam(G.parameters(), lr=2e-3, betas=(0.0, 0.99))}
+        for step in range(2):
+            g = torch.Generator().manual_seed(step)
+            real, z, c = _imgs(4, 32, seed=step), torch.randn(4, 8, generator=g), torch.eye(2)[[0, 1, 1, 0]]
+            for phase, module in (("Dmain", D), ("Gmain", G)):
+                opts[phase[0]].zero_grad(set_to_none=True)
+                module.requires_grad_(True)
+                loss.accumulate_gradients(phase, real, c, z, c, 1.0, step * 4)
+                module.requires_grad_(False)
+                opts[phase[0]].step()
+        runs[name] = G, D, modes
+    (G_a, D_a, modes_a), (G_b, D_b, modes_b) = runs.values()
+    assert modes_a == modes_b == [True] * 6  # 2 steps x (fakes + reals for D, fakes for G), all training mode.
+    assert any(not torch.equal(p, q) for p, q in zip(D_a.parameters(), D0.parameters()))  # D did train.
+    assert all(torch.equal(p, q) for p, q in zip(G_a.parameters(), G_b.parameters()))
+    a, b = D_a.state_dict(), D_b.state_dict()
+    assert all(torch.equal(v, b[k]) for k, v in a.items()), [k for k, v in a.items() if not torch.equal(v, b[k])]
+    unread = sorted(set(b) - set(a))
+    assert unread and all(k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in unread)
+    assert all(int(b[k]) == 6 for k in unread if k.endswith("num_batches_tracked"))  # Written at every call.
 
 
 def test_norm_layers_keep_no_running_statistics():

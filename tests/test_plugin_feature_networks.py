@@ -5,6 +5,7 @@ import os
 
 import pytest
 import torch
+from _optional import require_or_skip
 
 import projector_plugin
 from projector_plugin import ProjectedDiscriminator, feature_networks
@@ -33,7 +34,7 @@ def _imgs(n=2, res=32, seed=0):
 
 
 def _photo(name):
-    data = pytest.importorskip("skimage.data")
+    data = require_or_skip("skimage.data", "pip install scikit-image")
     return torch.from_numpy(getattr(data, name)()).permute(2, 0, 1)[None].float() / 255
 
 

@@ -3,9 +3,11 @@
 The loops below are small stand-ins written for these tests, not the hosts' code; they follow what those hosts
 do with a D and a loss object: construction by class name with the hosts' keyword arguments, phases with gain
 and (StyleGAN2-ADA) sync, requires_grad toggled per phase, lazy regularisation intervals that scale the Adam
-lr/betas, hand-made gradient all-reduce (StyleGAN3) or DDP-wrapped modules (StyleGAN2-ADA), an ADA-style
-augment_pipe whose p follows 'Loss/signs/real', snapshots by deepcopy + pickle, and the hosts' check that every
-parameter and buffer is identical on all ranks. Multi-rank runs use 2 gloo processes on the CPU.
+lr/betas, a module summary on rank 0 that feeds D the output of G on garbage (here NaN) latents before the
+networks are distributed, hand-made gradient all-reduce (StyleGAN3) or DDP-wrapped modules (StyleGAN2-ADA), an
+ADA-style augment_pipe whose p follows 'Loss/signs/real', snapshots by deepcopy + pickle (reloaded in eval mode,
+whose logits must be finite), and the hosts' check that every parameter and buffer is identical on all ranks.
+Multi-rank runs use 2 gloo processes on the CPU.
 """
 
 import copy
@@ -15,6 +17,7 @@ import pickle
 import re
 import time
 import traceback
+import warnings
 
 import pytest
 import torch
@@ -212,6 +215,25 @@ def _inconsistent(world, **modules):
     return bad
 
 
+def _module_summary(G, D, c_dim, rank, batch_gpu):
+    """The hosts' print_module_summary, run on rank 0 before the networks are distributed: G on latents (and
+    labels) from torch.empty, D on its output. NaN here, the worst such garbage. Returns the number of the
+    plugin's non-finite-input warnings."""
+    if rank != 0:
+        return 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        z, c = torch.full([batch_gpu, G.z_dim], float("nan")), torch.full([batch_gpu, c_dim], float("nan"))
+        D(G(z, c), c)
+    return sum("non-finite input to ProjectedDiscriminator" in str(w.message) for w in caught)
+
+
+def _lazy_reg_warnings(caught):
+    """The networks named by the plugin's lazy-regularisation warnings among `caught`, sorted."""
+    found = (re.search(r"lazy regularisation for (\w+) ", str(w.message)) for w in caught)
+    return sorted(m.group(1) for m in found if m)
+
+
 def _snapshot_roundtrip(G, D, G_ema, c_dim):
     """deepcopy + pickle as the hosts' snapshots do; the reloaded networks must compute the same outputs."""
     snap = {name: copy.deepcopy(m).eval().requires_grad_(False).cpu() for name, m in
@@ -227,6 +249,7 @@ def _snapshot_roundtrip(G, D, G_ema, c_dim):
             torch.manual_seed(0)  # D's DiffAugment draws from the global RNG
             outs.append(d(img, c))
         same["D"] = torch.equal(*outs)
+        same["D_finite"] = bool(torch.isfinite(outs[0]).all())  # Eval mode: not poisoned by the summary's NaNs.
     same["D_state"] = all(torch.equal(a, b) for a, b in zip(snap["D"].state_dict().values(),
                                                               loaded["D"].state_dict().values()))
     return all(same.values()), same
@@ -250,6 +273,7 @@ def run_stylegan3(rank=0, world=1, cond=False, steps=3, batch=8, D_reg_interval=
     G = construct(class_name=f"{THIS}.SG3Generator", **G_KWARGS, **common).train().requires_grad_(False)
     D = construct(**dict(SG3_D_KWARGS, cond=cond), **common).train().requires_grad_(False)
     G_ema = copy.deepcopy(G).eval()
+    nonfinite_warnings = _module_summary(G, D, c_dim, rank, batch // world)
     if world > 1:
         _broadcast_from_rank0(G, D, G_ema)
     loss = construct(device=torch.device("cpu"), G=G, D=D, augment_pipe=None, **SG3_LOSS_KWARGS)
@@ -257,39 +281,43 @@ def run_stylegan3(rank=0, world=1, cond=False, steps=3, batch=8, D_reg_interval=
     G0, D0 = _params(G), _params(D)
     reg_changed = []
     cur_nimg = 0
-    for step in range(steps):
-        for name, module, opt, interval in phases:
-            if step % interval != 0:
-                continue
-            before = _params(module)
-            opt.zero_grad(set_to_none=True)
-            module.requires_grad_(True)
-            for real_img, real_c, gen_z, gen_c in _data(step, rank, world, batch, c_dim):
-                loss.accumulate_gradients(phase=name, real_img=real_img, real_c=real_c, gen_z=gen_z, gen_c=gen_c,
-                                          gain=interval, cur_nimg=cur_nimg)
-            module.requires_grad_(False)
-            params = [p for p in module.parameters() if p.grad is not None]
-            if params:
-                flat = torch.cat([p.grad.flatten() for p in params])
-                if world > 1:
-                    dist.all_reduce(flat)
-                    flat /= world
-                torch.nan_to_num(flat, nan=0, posinf=1e5, neginf=-1e5, out=flat)
-                for p, g in zip(params, flat.split([p.numel() for p in params])):
-                    p.grad = g.reshape(p.shape)
-            opt.step()
-            if name.endswith("reg"):
-                reg_changed.append(_changed(before, module))
-        with torch.no_grad():
-            for pe, p in zip(G_ema.parameters(), G.parameters()):
-                pe.copy_(p.lerp(pe, 0.9))
-            for be, b in zip(G_ema.buffers(), G.buffers()):
-                be.copy_(b)
-        cur_nimg += batch
+    with warnings.catch_warnings(record=True) as caught:  # The plugin's notes to the user, kept.
+        warnings.simplefilter("always")
+        for step in range(steps):
+            for name, module, opt, interval in phases:
+                if step % interval != 0:
+                    continue
+                before = _params(module)
+                opt.zero_grad(set_to_none=True)
+                module.requires_grad_(True)
+                for real_img, real_c, gen_z, gen_c in _data(step, rank, world, batch, c_dim):
+                    loss.accumulate_gradients(phase=name, real_img=real_img, real_c=real_c, gen_z=gen_z, gen_c=gen_c,
+                                              gain=interval, cur_nimg=cur_nimg)
+                module.requires_grad_(False)
+                params = [p for p in module.parameters() if p.grad is not None]
+                if params:
+                    flat = torch.cat([p.grad.flatten() for p in params])
+                    if world > 1:
+                        dist.all_reduce(flat)
+                        flat /= world
+                    torch.nan_to_num(flat, nan=0, posinf=1e5, neginf=-1e5, out=flat)
+                    for p, g in zip(params, flat.split([p.numel() for p in params])):
+                        p.grad = g.reshape(p.shape)
+                opt.step()
+                if name.endswith("reg"):
+                    reg_changed.append(_changed(before, module))
+            with torch.no_grad():
+                for pe, p in zip(G_ema.parameters(), G.parameters()):
+                    pe.copy_(p.lerp(pe, 0.9))
+                for be, b in zip(G_ema.buffers(), G.buffers()):
+                    be.copy_(b)
+            cur_nimg += batch
+    lazy_reg_warnings = _lazy_reg_warnings(caught)
     snapshot_ok, snapshot_detail = _snapshot_roundtrip(G, D, G_ema, c_dim) if rank == 0 else (True, {})
     loss_copy = pickle.loads(pickle.dumps(copy.deepcopy(loss)))  # The loss object and the modules it holds.
     D_opt = next(opt for name, _, opt, _ in phases if name.startswith("D"))
     return dict(
+        rank=rank, nonfinite_warnings=nonfinite_warnings, lazy_reg_warnings=lazy_reg_warnings,
         G_trained=_changed(G0, G), D_trained=_changed(D0, D), reg_changed=reg_changed,
         D_lr=D_opt.param_groups[0]["lr"], D_betas=list(D_opt.param_groups[0]["betas"]),
         snapshot_ok=snapshot_ok, snapshot_detail=str(snapshot_detail),
@@ -311,6 +339,7 @@ def run_stylegan2_ada(rank=0, world=1, cond=False, steps=4, batch=8):
     G_ema = copy.deepcopy(G).eval()
     augment_pipe = AugmentPipe().train().requires_grad_(False)
     augment_pipe.p.fill_(0.5)
+    nonfinite_warnings = _module_summary(G, D, c_dim, rank, batch // world)  # Tracks a NaN w_avg, as the host would.
     if world > 1:
         _broadcast_from_rank0(G, D, G_ema)
     ddp_modules = {}
@@ -327,40 +356,44 @@ def run_stylegan2_ada(rank=0, world=1, cond=False, steps=4, batch=8):
     G0, D0 = _params(G), _params(D)
     reg_changed = []
     seen_signs = 0
-    for step in range(steps):
-        for name, module, opt, interval in phases:
-            if step % interval != 0:
-                continue
-            before = _params(module)
-            module.requires_grad_(True)
-            opt.zero_grad(set_to_none=True)
-            rounds = _data(step, rank, world, batch, c_dim)
-            for round_idx, (real_img, real_c, gen_z, gen_c) in enumerate(rounds):
-                sync = round_idx == len(rounds) - 1
-                loss.accumulate_gradients(phase=name, real_img=real_img, real_c=real_c, gen_z=gen_z, gen_c=gen_c,
-                                          sync=sync, gain=interval)
-            module.requires_grad_(False)
-            for p in module.parameters():
-                if p.grad is not None:
-                    torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
-            opt.step()
-            if name.endswith("reg"):
-                reg_changed.append(_changed(before, module))
-        with torch.no_grad():
-            for pe, p in zip(G_ema.parameters(), G.parameters()):
-                pe.copy_(p.lerp(pe, 0.9))
-        if step % 2 == 1:  # ADA: move p towards E[sign(D(real))] = 0.6, from every rank's statistics.
-            signs = torch.cat(STATS.get("Loss/signs/real", [])[seen_signs:] or [torch.zeros(0)])
-            seen_signs = len(STATS.get("Loss/signs/real", []))
-            total = torch.tensor([signs.sum().item(), float(signs.numel())], dtype=torch.float64)
-            if world > 1:
-                dist.all_reduce(total)
-            if total[1] > 0:
-                adjust = float(torch.sign(total[0] / total[1] - 0.6)) * 0.05
-                augment_pipe.p.copy_((augment_pipe.p + adjust).clamp(0, 1))
+    with warnings.catch_warnings(record=True) as caught:  # The plugin's notes to the user, kept.
+        warnings.simplefilter("always")
+        for step in range(steps):
+            for name, module, opt, interval in phases:
+                if step % interval != 0:
+                    continue
+                before = _params(module)
+                module.requires_grad_(True)
+                opt.zero_grad(set_to_none=True)
+                rounds = _data(step, rank, world, batch, c_dim)
+                for round_idx, (real_img, real_c, gen_z, gen_c) in enumerate(rounds):
+                    sync = round_idx == len(rounds) - 1
+                    loss.accumulate_gradients(phase=name, real_img=real_img, real_c=real_c, gen_z=gen_z, gen_c=gen_c,
+                                              sync=sync, gain=interval)
+                module.requires_grad_(False)
+                for p in module.parameters():
+                    if p.grad is not None:
+                        torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
+                opt.step()
+                if name.endswith("reg"):
+                    reg_changed.append(_changed(before, module))
+            with torch.no_grad():
+                for pe, p in zip(G_ema.parameters(), G.parameters()):
+                    pe.copy_(p.lerp(pe, 0.9))
+            if step % 2 == 1:  # ADA: move p towards E[sign(D(real))] = 0.6, from every rank's statistics.
+                signs = torch.cat(STATS.get("Loss/signs/real", [])[seen_signs:] or [torch.zeros(0)])
+                seen_signs = len(STATS.get("Loss/signs/real", []))
+                total = torch.tensor([signs.sum().item(), float(signs.numel())], dtype=torch.float64)
+                if world > 1:
+                    dist.all_reduce(total)
+                if total[1] > 0:
+                    adjust = float(torch.sign(total[0] / total[1] - 0.6)) * 0.05
+                    augment_pipe.p.copy_((augment_pipe.p + adjust).clamp(0, 1))
+    lazy_reg_warnings = _lazy_reg_warnings(caught)
     snapshot_ok, snapshot_detail = _snapshot_roundtrip(G, D, G_ema, c_dim) if rank == 0 else (True, {})
     D_opt = next(opt for name, _, opt, _ in phases if name.startswith("D"))
     return dict(
+        rank=rank, nonfinite_warnings=nonfinite_warnings, lazy_reg_warnings=lazy_reg_warnings,
         G_trained=_changed(G0, G), D_trained=_changed(D0, D), reg_changed=reg_changed,
         D_lr=D_opt.param_groups[0]["lr"], D_betas=list(D_opt.param_groups[0]["betas"]),
         snapshot_ok=snapshot_ok, snapshot_detail=str(snapshot_detail), p=float(augment_pipe.p),
@@ -403,7 +436,10 @@ def _spawn(fn_name, tmp_path, world=2, timeout=600, **kwargs):
     return results
 
 
-def _check_run(res, D_reg_interval=16):
+def _check_run(res, lazy_reg, D_reg_interval=16):
+    assert res["nonfinite_warnings"] == (1 if res["rank"] == 0 else 0)  # Said once, where the summary ran.
+    # Once per network with a lazy-regularisation interval (whose Adam the host slowed for an empty phase).
+    assert res["lazy_reg_warnings"] == lazy_reg
     assert res["G_trained"] and res["D_trained"]
     assert res["reg_changed"] and not any(res["reg_changed"]), "a 'reg' phase changed weights"
     # Lazy regularisation scales D's Adam even though Dreg does nothing (what the README warns about).
@@ -421,27 +457,27 @@ def _check_run(res, D_reg_interval=16):
 @pytest.mark.parametrize("cond", [False, True])
 def test_stylegan3_contract_single_process(cond):
     res = run_stylegan3(cond=cond, steps=2)
-    _check_run(res)
+    _check_run(res, lazy_reg=["D"])
     assert res["loss_copy_D_keys"]
 
 
 def test_stylegan2_ada_contract_single_process():
     res = run_stylegan2_ada(cond=True, steps=2)
-    _check_run(res)
+    _check_run(res, lazy_reg=["D", "G"])
     assert res["p"] != 0.5  # ADA reads the plugin's 'Loss/signs/real' through the report= name.
 
 
 def test_stylegan3_contract_two_ranks_stay_consistent(tmp_path):
     results = _spawn("run_stylegan3", tmp_path, cond=True)
     for res in results:
-        _check_run(res)
+        _check_run(res, lazy_reg=["D"])
         assert res["inconsistent"] == [], f"differ across ranks: {res['inconsistent']}"
 
 
 def test_stylegan2_ada_contract_two_ranks_stay_consistent(tmp_path):
     results = _spawn("run_stylegan2_ada", tmp_path, cond=False)
     for res in results:
-        _check_run(res)
+        _check_run(res, lazy_reg=["D", "G"])
         assert res["inconsistent"] == [], f"differ across ranks: {res['inconsistent']}"
     assert results[0]["p"] == results[1]["p"]
 
@@ -461,9 +497,11 @@ class _ConvD(torch.nn.Module):
         return self.conv(img).mean(dim=[2, 3]).sum(1, keepdim=True)
 
 
-def gmain_grads(rank=0, world=1):
-    """After one Gmain on different latents per rank, G's gradients for: StyleGAN2-ADA's DDP-wrapped G_mapping /
-    G_synthesis (with a mapping that rejects update_emas), and a DDP-wrapped whole generator."""
+def ddp_grads(rank=0, world=1):
+    """Gradients after one phase on different data per rank, with DDP-wrapped modules, for StyleGAN2-ADA's
+    G_mapping / G_synthesis (with a mapping that rejects update_emas) and for a wrapped whole generator: G's after
+    Gmain and D's after Dmain, each with sync=True (the last round: all-reduced) and sync=False (an earlier round:
+    kept local, reduced with a later synced round)."""
     from projector_plugin import ProjectedGANLoss
     out = {}
     for convention in ("stylegan2-ada", "wrapped-G"):
@@ -473,25 +511,37 @@ def gmain_grads(rank=0, world=1):
         if convention == "stylegan2-ada":
             wrapped = {k: torch.nn.parallel.DistributedDataParallel(m, broadcast_buffers=False)
                        for k, m in (("G_mapping", G.mapping), ("G_synthesis", G.synthesis))}
-            G.requires_grad_(False)
             loss = ProjectedGANLoss(device="cpu", D=torch.nn.parallel.DistributedDataParallel(D), **wrapped,
                                     blur_init_sigma=0)
         else:
             loss = ProjectedGANLoss(device="cpu", G=torch.nn.parallel.DistributedDataParallel(G),
                                     D=torch.nn.parallel.DistributedDataParallel(D), blur_init_sigma=0)
-            G.requires_grad_(False)
-        G.requires_grad_(True)
-        D.requires_grad_(False)
-        g = torch.Generator().manual_seed(rank)
-        loss.accumulate_gradients(phase="Gmain", real_img=torch.rand(2, 3, 16, 16, generator=g) * 2 - 1,
-                                  real_c=torch.zeros(2, 0), gen_z=torch.randn(2, 8, generator=g),
-                                  gen_c=torch.zeros(2, 0), sync=True, gain=1)
-        out[convention] = torch.cat([p.grad.flatten() for p in G.parameters()])
+        for sync in (True, False):
+            for phase, module, other in (("Gmain", G, D), ("Dmain", D, G)):
+                module.requires_grad_(True).zero_grad(set_to_none=True)
+                other.requires_grad_(False)
+                g = torch.Generator().manual_seed(rank)
+                loss.accumulate_gradients(phase=phase, real_img=torch.rand(2, 3, 16, 16, generator=g) * 2 - 1,
+                                          real_c=torch.zeros(2, 0), gen_z=torch.randn(2, 8, generator=g),
+                                          gen_c=torch.zeros(2, 0), sync=sync, gain=1)
+                out[convention, phase, sync] = torch.cat([p.grad.flatten() for p in module.parameters()])
+        # A last synced round after the unsynced one: DDP is left in a usable state.
+        D.requires_grad_(True)
+        loss.accumulate_gradients(phase="Dmain", real_img=torch.zeros(2, 3, 16, 16), real_c=torch.zeros(2, 0),
+                                  gen_z=torch.zeros(2, 8), gen_c=torch.zeros(2, 0), sync=True, gain=1)
     return out
 
 
 def test_ddp_wrapped_generators_get_all_reduced_gradients(tmp_path):
-    r0, r1 = _spawn("gmain_grads", tmp_path)
+    """The loss calls the DDP wrappers the host passes (never `.module`), so DDP all-reduces G's and D's gradients
+    when sync is True and leaves them local when the host says sync=False."""
+    r0, r1 = _spawn("ddp_grads", tmp_path)
     for convention in ("stylegan2-ada", "wrapped-G"):
-        assert r0[convention].abs().sum() > 0
-        torch.testing.assert_close(r0[convention], r1[convention], rtol=1e-6, atol=1e-7, msg=convention)
+        for phase in ("Gmain", "Dmain"):
+            key = convention, phase
+            assert r0[key + (True,)].abs().sum() > 0
+            torch.testing.assert_close(r0[key + (True,)], r1[key + (True,)], rtol=1e-6, atol=1e-7, msg=str(key))
+            assert not torch.allclose(r0[key + (False,)], r1[key + (False,)]), f"{key}: reduced despite sync=False"
+            # The synced gradient is the mean of the ranks' local ones.
+            torch.testing.assert_close(r0[key + (True,)], (r0[key + (False,)] + r1[key + (False,)]) / 2,
+                                       rtol=1e-5, atol=1e-6, msg=str(key))

@@ -1,10 +1,12 @@
 """projector_plugin's loss: host conventions, keyword handling, generator calls, augment_pipe, reporting, blur,
 one-time notes, and the package metadata."""
 
+import importlib.util
 import logging
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import types
@@ -75,6 +77,7 @@ class _TinyD(torch.nn.Module):
 # Host conventions (moved here from test_plugin.py, assertions unchanged).
 
 
+@pytest.mark.filterwarnings("ignore:ProjectedGANLoss. the host runs lazy regularisation")
 @pytest.mark.parametrize("with_mapping", [True, False])
 @pytest.mark.parametrize("convention", ["stylegan3", "stylegan2-ada"])
 def test_loss_drops_into_both_host_conventions(small_D, with_mapping, convention):
@@ -228,6 +231,7 @@ class _SG3Mapping(_ADAMapping):
         return super().forward(z, c, skip_w_avg_update=not update_emas)
 
 
+@pytest.mark.filterwarnings("ignore:ProjectedGANLoss. the host runs lazy regularisation")
 def test_stylegan2_ada_construction_with_mapping_and_synthesis():
     mapping, synthesis, D = _ADAMapping(), _ADASynthesis(), _TinyD()
     loss = ProjectedGANLoss(device="cpu", G_mapping=mapping, G_synthesis=synthesis, D=D, augment_pipe=None,
@@ -259,6 +263,25 @@ def test_update_emas_follows_each_networks_forward_signature():
         loss.accumulate_gradients(phase=phase, real_img=_imgs(2, 16), real_c=None, gen_z=torch.randn(2, 8),
                                   gen_c=None, gain=1, cur_nimg=0)
     assert synthesis.layer.calls == [True, False]
+
+
+def test_lazy_regularisation_phases_warn_once_per_network_that_the_host_slowed_its_optimizer():
+    """Hosts with G_reg_interval / D_reg_interval k run an empty 'reg' phase every k steps and build that network's
+    Adam with lr * k/(k+1): worth one warning per network, naming the setting to change. 'both' phases are silent."""
+    loss = ProjectedGANLoss(device="cpu", G=_ToyG(True, res=16), D=_TinyD(), blur_init_sigma=0)
+    args = dict(real_img=_imgs(2, 16), real_c=None, gen_z=torch.randn(2, 8), gen_c=None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for phase in ("Gboth", "Dboth"):
+            loss.accumulate_gradients(phase=phase, gain=1, cur_nimg=0, **args)
+        assert not caught
+        for _ in range(3):
+            loss.accumulate_gradients(phase="Dreg", gain=16, cur_nimg=0, **args)
+            loss.accumulate_gradients("Greg", args["real_img"], None, args["gen_z"], None, True, 4)  # (sync, gain)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 2 and all(w.category is UserWarning for w in caught)
+    assert "lr x 16/17" in messages[0] and "D_reg_interval = None" in messages[0]
+    assert "lr x 4/5" in messages[1] and "G_reg_interval = None" in messages[1]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -450,3 +473,37 @@ def test_setup_installs_only_the_plugin_with_one_version():
     listed = re.search(r"<!-- plugin-requirements -->\s*`([^`]+)`", readme)
     assert listed is not None, "README: no plugin requirements list after <!-- plugin-requirements -->"
     assert [s.strip() for s in listed.group(1).split(",")] == meta["install_requires"]
+
+
+def test_pip_install_ships_only_the_plugin(tmp_path):
+    """`pip install .` of this repository puts `projector_plugin` (and its metadata) into site-packages and
+    nothing else: no `training`, `torch_utils` or `metrics` to shadow a StyleGAN host's own packages. Built for
+    real, offline, from a copy of the checkout that contains those packages, into an empty --target folder."""
+    if importlib.util.find_spec("setuptools") is None:
+        pytest.skip("setuptools is not installed (it is in the [test] extra): cannot build the plugin offline")
+    src, target = tmp_path / "src", tmp_path / "site-packages"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
+        ".git", "data", "runs", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".benchmarks"))
+    assert all((src / pkg / "__init__.py").is_file() for pkg in ("training", "torch_utils", "metrics"))
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
+                        "--disable-pip-version-check", "-q", "--target", str(target), str(src)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    top = sorted(os.listdir(target))
+    assert top == ["projector_plugin", f"projector_plugin-{projector_plugin.__version__}.dist-info"], top
+    record = (target / top[1] / "RECORD").read_text(encoding="utf-8").splitlines()
+    roots = {line.split(",")[0].split("/")[0] for line in record if line}
+    assert roots <= set(top) | {"..", "__pycache__"}, roots
+    installed = {p.name for p in (target / "projector_plugin").glob("*.py")}
+    assert installed == {p.name for p in (src / "projector_plugin").glob("*.py")}
+    # The installed copy imports and works from anywhere, without the host packages next to it.
+    code = ("import sys, torch, projector_plugin as pp; "
+            f"assert pp.__file__.startswith({str(target)!r}), pp.__file__; "
+            "D = pp.ProjectedDiscriminator(pretrained=False, feat_res=32); "
+            "assert D(torch.rand(2, 3, 32, 32) * 2 - 1).shape[0] == 2; "
+            "host = [m for m in ('training', 'torch_utils', 'metrics') if m in sys.modules]; "
+            "assert not host, host; print('ok')")
+    env = dict(os.environ, PYTHONPATH=str(target))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env,
+                       timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr

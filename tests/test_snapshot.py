@@ -200,6 +200,19 @@ def test_dataset_kwargs_from_a_snapshot_are_allow_listed(tmp_path):
     bad = dict(config=dict(training_set_kwargs=dict(class_name="os.system", command="touch x")))
     with pytest.raises(snapshot.SnapshotError, match="os.system"):
         snapshot.dataset_kwargs_from_snapshot(bad, "x.pt")
+    # Naming it with --allow-class does not make a function a dataset class.
+    with pytest.raises(snapshot.SnapshotError, match="'x.pt' names a dataset 'os.system', which is not a class"):
+        snapshot.dataset_kwargs_from_snapshot(bad, "x.pt", extra_classes=["os.system"])
+
+
+def test_a_config_the_class_rejects_is_a_snapshot_error_naming_the_file():
+    for bad, fragment in ((dict(_fastgan_spec(), bogus=1), "unknown synthesis arguments"),
+                          (dict(_fastgan_spec(), img_resolution=33), "power of two")):
+        with pytest.raises(snapshot.SnapshotError) as err:
+            snapshot.build_network(bad, path="x.pt")
+        msg = str(err.value)
+        assert msg.startswith("'x.pt': cannot build training.networks_fastgan.Generator from the stored config: ")
+        assert fragment in msg and "\n" not in msg
     assert snapshot.dataset_kwargs_from_snapshot(dict(config={}), "x.pt") is None
 
 
@@ -399,7 +412,7 @@ def test_snapshot_names_carry_the_exact_image_count():
     assert snapshot_naming.kimg_label(4000) == "000004.000"
     assert snapshot_naming.snapshot_name(8) == "network-snapshot-000000.008.pt"
     assert snapshot_naming.snapshot_name(12345) == "network-snapshot-000012.345.pt"
-    assert snapshot.snapshot_name(1504) == snapshot.snapshot_name(1504, fine=True) == "network-snapshot-000001.504.pt"
+    assert snapshot.snapshot_name(1504) == "network-snapshot-000001.504.pt"
     assert snapshot.kimg_label(1504) == "000001.504"
     with pytest.raises(ValueError):
         snapshot_naming.kimg_label(-1)

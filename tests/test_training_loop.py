@@ -12,6 +12,7 @@ import PIL.Image
 import pytest
 import torch
 
+from torch_utils import image_io, training_stats
 from training import snapshot
 from training import training_loop as tl
 from training.loss import StyleGAN2Loss
@@ -379,6 +380,23 @@ def test_second_signal_stops_at_once_without_temp_files(tmp_path, data_dir, monk
     assert snapshot.load_snapshot(str(tmp_path / "run" / "resume-state.pt"))["progress"]["cur_nimg"] == 4
 
 
+def test_the_same_signal_delivered_twice_is_one_request(monkeypatch):
+    """A signal to the process group reaches a training process directly and again through train.py's launcher:
+    within the repeat window that is one request; another signal, or the same one later, stops at once."""
+    now = [100.0]
+    monkeypatch.setattr(tl.time, "monotonic", lambda: now[0])
+    stop = tl._StopRequest()
+    stop.handler(signal.SIGTERM, None)
+    now[0] += 0.5
+    stop.handler(signal.SIGTERM, None)  # the same request, forwarded: no exception
+    assert stop.signum == signal.SIGTERM
+    with pytest.raises(tl.TrainingInterrupted, match="interrupted twice"):
+        stop.handler(signal.SIGINT, None)
+    now[0] += tl._StopRequest.REPEAT_WINDOW_S
+    with pytest.raises(tl.TrainingInterrupted, match=r"interrupted twice \(SIGTERM\)"):
+        stop.handler(signal.SIGTERM, None)
+
+
 # ---------------------------------------------------------------------------------------------
 # A full disk.
 
@@ -422,3 +440,75 @@ def test_full_disk_stops_training_with_one_line_and_keeps_earlier_files(tmp_path
     assert [os.path.basename(p) for p in glob.glob(str(run / "network-snapshot-*.pt"))] == \
         ["network-snapshot-000000.004.pt"]
     assert snapshot.load_snapshot(str(run / "network-snapshot-000000.004.pt"))["progress"]["cur_nimg"] == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# Loop helpers: chunk sampler, loss watch, image grid (fast unit tests, no training).
+
+
+class _Stream(torch.utils.data.Sampler):
+    def __init__(self):
+        super().__init__()
+
+    def __iter__(self):
+        i = 0
+        while True:
+            yield 100 + i
+            i += 1
+
+
+def _take(it, n):
+    return [next(it) for _ in range(n)]
+
+
+@pytest.mark.parametrize("world,batch_gpu,rounds", [(1, 4, 1), (1, 2, 2), (2, 2, 1), (2, 1, 3), (4, 1, 1)])
+def test_chunk_sampler_deals_the_same_chunks_for_any_split(world, batch_gpu, rounds):
+    """Chunk j of a step always holds global positions [j*bg, (j+1)*bg) and goes to rank j % world."""
+    batch = world * batch_gpu * rounds
+    steps, start = 3, 2 * batch
+    per_rank = {r: _take(iter(tl.ChunkSampler(_Stream(), r, world, batch_gpu, start=start)), steps * rounds * batch_gpu)
+                for r in range(world)}
+    for step in range(steps):
+        for round_idx in range(rounds):
+            for rank in range(world):
+                chunk = round_idx * world + rank
+                got = per_rank[rank][(step * rounds + round_idx) * batch_gpu:][:batch_gpu]
+                first = 100 + start + step * batch + chunk * batch_gpu
+                assert got == list(range(first, first + batch_gpu))
+
+
+def test_loss_watch_names_phase_and_step():
+    training_stats.reset()
+    watch = tl.LossWatch(["Gboth", "Dboth"], torch.device("cpu"))
+    watch.phase_idx = 0
+    watch.report("Loss/G/loss", torch.tensor(0.5))
+    watch.phase_idx = 1
+    watch.report("Loss/D/loss", torch.tensor([1.0, float("inf")]))
+    watch.report("Timing/whatever", torch.tensor(float("nan")))  # not a loss: ignored
+    watch.check()  # nothing closed yet: a no-op
+    watch.end_step(batch_idx=7, cur_nimg=28)
+    with pytest.raises(tl.NonFiniteLossError, match=r"step 7 \(kimg 0.028\): 'Loss/D/loss' in phase Dboth;"):
+        watch.check()
+    watch.phase_idx = 0
+    watch.report("Loss/G/loss", torch.tensor(0.5))
+    watch.end_step(batch_idx=8, cur_nimg=32)
+    assert watch.check() is False  # finite: no error, nobody asked to stop
+    watch.end_step(batch_idx=9, cur_nimg=36, stop=True)
+    assert watch.check() is True  # a stop request travels with the step's flags
+    training_stats.reset()
+
+
+def test_save_image_grid_layout(tmp_path):
+    """The training loop's grids (torch_utils.image_io.save_image_grid): row-major tiles, drange scaling."""
+    assert tl.save_image_grid is image_io.save_image_grid
+    imgs = np.zeros([6, 3, 2, 2], np.float32) - 1
+    for i in range(6):
+        imgs[i, 0] = i / 5 * 2 - 1  # red channel encodes the index
+    fname = str(tmp_path / "g.png")
+    image_io.save_image_grid(imgs, fname, drange=(-1, 1), grid_size=[3, 2])
+    out = np.array(PIL.Image.open(fname))
+    assert out.shape == (4, 6, 3)
+    for i in range(6):
+        row, col = divmod(i, 3)
+        assert out[row * 2, col * 2, 0] == round(i / 5 * 255) and out[row * 2, col * 2, 1] == 0
+    assert tl.default_grid_size(64) == [16, 16] and tl.default_grid_size(256) == [7, 4]

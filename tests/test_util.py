@@ -116,6 +116,34 @@ def test_atomic_write_translates_torch_save_failure_on_a_full_disk(tmp_path, mon
     assert path.read_bytes() == b"old content" and os.listdir(tmp_path) == [path.name]
 
 
+def test_atomic_path_renames_a_named_temporary_file_or_removes_it(tmp_path):
+    """atomic_path: for writers that need a file name (e.g. a video encoder that goes by the extension)."""
+    path = tmp_path / "video.mp4"
+    _write_old(path)
+    with util.atomic_path(str(path), suffix=".tmp.mp4", tag="7.", durable=True) as tmp:
+        name = os.path.basename(tmp)
+        assert os.path.dirname(tmp) == str(tmp_path) and os.path.getsize(tmp) == 0
+        assert name.startswith(".video.mp4.7.") and name.endswith(".tmp.mp4")
+        assert path.read_bytes() == b"old content"  # nothing visible before the block completes
+        with open(tmp, "wb") as f:
+            f.write(b"new content")
+    assert path.read_bytes() == b"new content" and os.listdir(tmp_path) == [path.name]
+
+    for error in (KeyboardInterrupt(), OSError(errno.EIO, "I/O error")):
+        with pytest.raises(type(error)) as err:
+            with util.atomic_path(str(path)) as tmp:
+                with open(tmp, "wb") as f:
+                    f.write(b"half")
+                raise error
+        assert not isinstance(err.value, util.DiskFullError)
+        assert path.read_bytes() == b"new content" and os.listdir(tmp_path) == [path.name]
+
+    with pytest.raises(util.DiskFullError, match=f"^no space left on device at {path}$"):
+        with util.atomic_path(str(path)):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert path.read_bytes() == b"new content" and os.listdir(tmp_path) == [path.name]
+
+
 @pytest.fixture
 def small_tmpfs(tmp_path):
     """A 2 MiB tmpfs (needs root and mount permission; skipped otherwise)."""

@@ -5,6 +5,7 @@ Configs throughout the toolkit are plain dicts such as
 turns one into an object, so any network, loss or optimizer can be swapped by editing a JSON file.
 """
 
+import contextlib
 import errno
 import importlib
 import os
@@ -12,7 +13,7 @@ import re
 import shutil
 import tempfile
 import types
-from typing import Any, Callable, List, Tuple
+from typing import Any, Callable, Iterator, List, Tuple
 
 
 class EasyDict(dict):
@@ -233,19 +234,35 @@ def atomic_write(path: str, write: Callable[[Any], None], tag: str = "", durable
     dead writer's leftovers from a live one's). `durable` fsyncs the data and the directory entry as well.
     A write that fails because the disk or the quota is full raises DiskFullError naming `path`.
     """
+    with atomic_path(path, tag=tag, durable=durable) as tmp:
+        with open(tmp, "wb") as f:
+            write(f)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str, suffix: str = ".tmp", tag: str = "", durable: bool = False) -> Iterator[str]:
+    """`atomic_write` for writers that need a file name rather than a file object.
+
+        with util.atomic_path("out.mp4", suffix=".tmp.mp4") as tmp:   # encoders that go by the extension
+            write_video(tmp)
+
+    Yields the name of a new, empty temporary file `.{basename}.{tag}XXXX{suffix}` next to `path`; when the block
+    completes it is renamed over `path`, and when the block raises (anything, KeyboardInterrupt included) it is
+    removed and `path` keeps its old content. `durable` and full-disk errors (DiskFullError naming `path`) as in
+    `atomic_write`.
+    """
     directory = os.path.dirname(os.path.abspath(path))
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.{tag}", suffix=".tmp", dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.{tag}", suffix=suffix, dir=directory)
     except OSError as err:
         if err.errno in _FULL_ERRNOS:
             raise DiskFullError(path, err.errno) from err
         raise
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
+        os.close(fd)
+        yield tmp
+        if durable:
+            _fsync(tmp, os.O_RDWR)
         os.replace(tmp, path)
     except BaseException as err:
         try:
@@ -258,10 +275,15 @@ def atomic_write(path: str, write: Callable[[Any], None], tag: str = "", durable
         raise
     if durable:  # Make the rename itself durable (a crash right after could otherwise lose the directory entry).
         try:
-            dir_fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            _fsync(directory, os.O_RDONLY)
         except OSError:
             pass
+
+
+def _fsync(name: str, flags: int) -> None:
+    """fsync the file or directory `name` (fsync works per file, whichever descriptor it is called on)."""
+    fd = os.open(name, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -79,14 +79,8 @@ class SnapshotError(RuntimeError):
     """A file is missing, unreadable, damaged, not a snapshot of this toolkit, or names a class not allowed."""
 
 
-def kimg_label(cur_nimg: int, fine: Optional[bool] = None) -> str:
-    """torch_utils.snapshot_naming.kimg_label (`fine` is accepted and ignored: every label is exact)."""
-    return snapshot_naming.kimg_label(cur_nimg)
-
-
-def snapshot_name(cur_nimg: int, fine: Optional[bool] = None) -> str:
-    """torch_utils.snapshot_naming.snapshot_name (`fine` is accepted and ignored: every name is exact)."""
-    return snapshot_naming.snapshot_name(cur_nimg)
+kimg_label = snapshot_naming.kimg_label
+snapshot_name = snapshot_naming.snapshot_name
 
 
 def resolve_network_path(path: str) -> str:
@@ -190,12 +184,19 @@ def build_network(spec: Dict[str, Any], extra_classes: Iterable[str] = (), devic
     """Construct a network from a resolved {'class_name': ..., **kwargs} config (e.g. a snapshot's `networks['G']`).
 
     Only allow-listed classes and those named in `extra_classes` ('module.Class' strings) are built; anything else
-    raises SnapshotError naming `path`, the class and the --allow-class option, before any import.
+    raises SnapshotError naming `path`, the class and the --allow-class option, before any import. A config that
+    the class rejects (unknown or impossible arguments) raises SnapshotError naming `path` as well.
     """
     check_spec(spec, path, extra_classes)
     kwargs = copy.deepcopy(spec)
-    cls = _resolve_allowed_class(kwargs.pop("class_name"), path, extra_classes, "a network")
-    return cls(**kwargs).to(device)
+    class_name = kwargs.pop("class_name")
+    cls = _resolve_allowed_class(class_name, path, extra_classes, "a network")
+    try:
+        net = cls(**kwargs)
+    except (TypeError, ValueError, AssertionError, KeyError) as err:  # the config does not fit the class
+        msg = " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
+        raise SnapshotError(f"'{path}': cannot build {class_name} from the stored config: {msg}") from err
+    return net.to(device)
 
 
 def dataset_kwargs_from_snapshot(data: Dict[str, Any], path: str = None,
@@ -206,6 +207,8 @@ def dataset_kwargs_from_snapshot(data: Dict[str, Any], path: str = None,
     if not kwargs:
         return None
     check_spec(kwargs, path, extra_classes, what="a dataset")
+    # Like networks: a name the user allowed must still be a class (not e.g. a function that runs a command).
+    _resolve_allowed_class(kwargs["class_name"], path, extra_classes, "a dataset")
     return dict(kwargs)
 
 

@@ -69,17 +69,25 @@ class _StopRequest:
     """Set by the SIGTERM/SIGINT handler; the loop stops at the next step boundary that all ranks agree on.
 
     A second signal stops at once (raising TrainingInterrupted from the handler; a file write in progress removes
-    its temporary file, see util.atomic_write).
+    its temporary file, see util.atomic_write). The same signal again within `REPEAT_WINDOW_S` seconds counts as
+    the same request: a signal sent to the whole process group (Ctrl-C, a batch scheduler) reaches this process
+    directly and again through train.py's launcher, which forwards it to its training processes.
     """
+
+    REPEAT_WINDOW_S = 2.0
 
     def __init__(self):
         self.signum = None
+        self.time = None
 
     def handler(self, signum, frame):
         if self.signum is not None:
+            if signum == self.signum and time.monotonic() - self.time < self.REPEAT_WINDOW_S:
+                return  # the first request, delivered twice
             raise TrainingInterrupted(signum, f"interrupted twice ({signal.Signals(signum).name}): stopped at once; "
                                               f"the snapshots and resume file written before are intact")
         self.signum = signum
+        self.time = time.monotonic()
 
 
 @contextlib.contextmanager

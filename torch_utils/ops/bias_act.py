@@ -36,11 +36,16 @@ _ACTIVATIONS = {
 activation_names = tuple(_ACTIVATIONS)
 
 
-def default_gain(act: str) -> float:
-    """The gain bias_act applies to `act` when called with gain=None."""
+def _spec(act: str) -> dict:
     if act not in _ACTIVATIONS:
         raise ValueError(f"bias_act: unknown act {act!r}; expected one of {activation_names}")
-    return float(_ACTIVATIONS[act]["def_gain"])
+    return _ACTIVATIONS[act]
+
+
+def default_gain(act: str) -> float:
+    """The gain bias_act applies to `act` when called with gain=None."""
+    return float(_spec(act)["def_gain"])
+
 
 _plugin = None  # The compiled extension once built; tests swap in an emulation.
 
@@ -56,9 +61,7 @@ def _get_plugin():
 
 
 def _resolve(act: str, alpha: Optional[float], gain: Optional[float], clamp: Optional[float]):
-    if act not in _ACTIVATIONS:
-        raise ValueError(f"bias_act: unknown act {act!r}; expected one of {activation_names}")
-    spec = _ACTIVATIONS[act]
+    spec = _spec(act)
     alpha = float(spec["def_alpha"] if alpha is None else alpha)
     gain = float(spec["def_gain"] if gain is None else gain)
     clamp = float(-1 if clamp is None else clamp)  # Negative means "no clamping".

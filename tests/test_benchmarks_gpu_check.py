@@ -1,0 +1,89 @@
+"""benchmarks/gpu_check.py: the one-command GPU check, exercised on CPU through its --dry-run mode."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+SCRIPT = os.path.join(REPO, "benchmarks", "gpu_check.py")
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+import gpu_check  # noqa: E402
+
+
+def run(*args):
+    return subprocess.run([sys.executable, SCRIPT, *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def test_full_sizes_are_the_issue_setting():
+    s = gpu_check.sizes(dry_run=False)
+    assert (s["cfg"], s["res"], s["batch"], s["metric"], s["device"]) == ("fastgan", 256, 64, "fid50k_full", "cuda")
+    expected = dict(fast=dict(channels_last=True, bf16=True), plain=dict(channels_last=False, bf16=False))
+    assert expected == gpu_check.VARIANTS
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu_check")
+    proc = run("--dry-run", f"--out={out}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with open(out / "gpu_check.json", encoding="utf-8") as f:
+        return out, json.load(f), proc.stdout
+
+
+def test_dry_run_records_every_step(dry_run):
+    _, data, stdout = dry_run
+    assert data["schema"] == gpu_check.SCHEMA and data["dry_run"] is True
+    steps = data["steps"]
+    assert list(steps) == list(gpu_check.STEPS)
+    for name in ("build_ops", "cuda_tests"):
+        assert steps[name]["status"] == "skipped" and "no CUDA" in steps[name]["reason"]
+    train = steps["train"]
+    assert train["status"] == "ok"
+    for variant in gpu_check.VARIANTS:
+        assert train[variant]["sec_per_kimg"] > 0
+        assert train[variant]["img_per_sec"] == pytest.approx(1000 / train[variant]["sec_per_kimg"])
+        assert os.path.isfile(train[variant]["snapshot"])
+    assert train["speedup_fast_vs_plain"] == pytest.approx(train["plain"]["sec_per_kimg"] /
+                                                           train["fast"]["sec_per_kimg"])
+    d_step = steps["d_step"]
+    assert d_step["status"] == "ok"
+    assert d_step["fast"]["channels_last"] is True and d_step["fast"]["bf16"] is False  # bf16 is CUDA-only
+    assert d_step["plain"]["channels_last"] is False
+    for variant in gpu_check.VARIANTS:
+        assert d_step[variant]["sec_per_step"] > 0
+    fid = steps["fid"]
+    assert fid["status"] == "ok" and fid["metric"] == "fid8_full"
+    assert 0 < fid["value"] < 1e4
+    assert "Wrote " in stdout
+    assert not [n for n in os.listdir(dry_run[0]) if n.endswith(".tmp")]  # atomic writes leave no temp file
+
+
+def test_rerun_is_idempotent_and_skips_recorded_steps(dry_run):
+    out, before, _ = dry_run
+    proc = run("--dry-run", f"--out={out}", "--steps=train,d_step,fid")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("recorded; --force to redo") == 3
+    with open(out / "gpu_check.json", encoding="utf-8") as f:
+        after = json.load(f)
+    assert after["steps"] == before["steps"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dry-run", "--steps=train,warp"], "--steps: unknown step(s) warp"),
+    (["--dry-run", "--deadline=0"], "--deadline must be positive"),
+])
+def test_bad_options_are_one_line_errors(tmp_path, args, message):
+    proc = run(*args, f"--out={tmp_path}")
+    assert proc.returncode == 2 and message in proc.stderr
+    assert not (tmp_path / "gpu_check.json").exists()
+
+
+def test_out_that_is_a_file_is_refused(tmp_path):
+    target = tmp_path / "gpu_check.json"
+    target.write_text("keep me")
+    proc = run("--dry-run", f"--out={target}")
+    assert proc.returncode == 2 and "--out:" in proc.stderr and "is a file" in proc.stderr
+    assert target.read_text() == "keep me"
