@@ -140,6 +140,9 @@ def build_config(opts: util.EasyDict, given, world_size: int) -> util.EasyDict:
     only_for("backbone", is_projected, "the projected discriminator (--loss=projected)")
     only_for("backbone-weights", is_projected, "the projected discriminator (--loss=projected)")
     only_for("feat-res", is_projected, "the projected discriminator (--loss=projected)")
+    only_for("reuse-fakes", is_projected, "the projected loss (--loss=projected)")
+    only_for("proj-type", is_projected, "the projected discriminator (--loss=projected)")
+    only_for("num-discs", is_projected, "the projected discriminator (--loss=projected)")
     only_for("r1-gamma", not is_projected, "the StyleGAN2 loss (--loss=stylegan2); Projected GANs use no R1")
 
     # Batch split.
@@ -193,7 +196,7 @@ def build_config(opts: util.EasyDict, given, world_size: int) -> util.EasyDict:
     # Discriminator and loss.
     if is_projected:
         c.D_kwargs = dict(class_name="projector_plugin.ProjectedDiscriminator", backbone=opts.backbone,
-                          proj_type=2, num_discs=4, cond=bool(opts.cond), diffaug=True,
+                          proj_type=opts.proj_type, num_discs=opts.num_discs, cond=bool(opts.cond), diffaug=True,
                           separable=is_sg2_G,  # as in Projected GAN: separable mini-Ds for StyleGAN2
                           bf16=False if opts.fp32 else None)
         if opts.backbone_weights is not None:
@@ -201,7 +204,7 @@ def build_config(opts: util.EasyDict, given, world_size: int) -> util.EasyDict:
         if opts.feat_res is not None:
             c.D_kwargs["feat_res"] = opts.feat_res
         c.loss_kwargs = dict(class_name="projector_plugin.ProjectedGANLoss", blur_init_sigma=2,
-                             blur_fade_kimg=opts.batch * 200 / 32)
+                             blur_fade_kimg=opts.batch * 200 / 32, reuse_fakes=bool(opts.reuse_fakes))
         c.G_reg_interval = None
         c.D_reg_interval = None
     else:
@@ -703,6 +706,14 @@ class _MetricList(click.ParamType):
               "installed weights package or timm's cache]", metavar="PATH")
 @click.option("--feat-res", help="Projected D: input size of the feature network  [default: the backbone's, 224 "
               "for EfficientNet-Lite0]", metavar="INT", type=int)
+@click.option("--proj-type", help="Projected D: 0 = raw backbone features, 1 = + random 1x1 channel mixing (CCM), "
+              "2 = + random top-down fusion (CCM+CSM), the paper's ablation", metavar="INT",
+              type=click.IntRange(0, 2), default=2, show_default=True)
+@click.option("--num-discs", help="Projected D: mini-discriminators, one per feature level from the finest",
+              metavar="INT", type=click.IntRange(1, 4), default=4, show_default=True)
+@click.option("--reuse-fakes", help="Projected loss: the D phase trains on the G phase's fakes of the same step "
+              "(one generator forward per step instead of two; 0 = draw new fakes, as StyleGAN3's loop does)",
+              metavar="BOOL", type=bool, default=True, show_default=True)
 @click.option("--fp32", help="Disable mixed precision (StyleGAN2 fp16 layers, bf16 feature network on CUDA)",
               metavar="BOOL", type=bool, default=False, show_default=True)
 # Misc.

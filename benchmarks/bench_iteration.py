@@ -11,16 +11,21 @@ are built from the config train.py resolves (`train.build_config`), so the numbe
 Variants (each its own G/D/optimisers, same seed, built once; timed round-robin in one process, so machine noise
 hits all alike and the ratios come from the same run):
 
-    twice      the generator runs twice per iteration, as in StyleGAN3's and the official projected_gan loop:
-               once with grad for the G phase, once without for the D phase (ProjectedGANLoss(reuse_fakes=False))
-    reuse      the D phase reuses the G phase's fakes, detached (reuse_fakes=True, train.py's default)
-    reuse_cl   reuse + the generator's weights and activations in channels_last
+    twice_naive   the generator runs twice per iteration, as in StyleGAN3's and the official projected_gan
+                  loop (once with grad for the G phase, once without for the D phase: reuse_fakes=False), and
+                  its up-blocks upsample, then convolve, as FastGAN's own code does
+    twice_phase   twice, with the up-block fusion of earlier builds of this repo (four 2x2 phase convolutions,
+                  interleaved by stack/reshape)
+    twice         twice, with the current fusion (one stride-2 transposed convolution)
+    reuse         the D phase reuses the G phase's fakes, detached (reuse_fakes=True): train.py's default
+    reuse_cl      reuse + the generator's weights and activations in channels_last
 
 img/s = batch / iteration time. `--clock cpu` = this process's CPU time (use with --threads 1 on a shared
 machine); `--clock wall` = elapsed time (CUDA: synchronised).
 """
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -30,18 +35,57 @@ import sys
 import time
 
 import torch
+import torch.nn.functional as F
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, REPO)
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_discriminator import timed  # noqa: E402
+
 import train  # noqa: E402
 from torch_utils import util  # noqa: E402
+from training import networks_fastgan  # noqa: E402
 
 VARIANTS = {
-    "twice": dict(reuse_fakes=False, g_channels_last=False),
-    "reuse": dict(reuse_fakes=True, g_channels_last=False),
-    "reuse_cl": dict(reuse_fakes=True, g_channels_last=True),
+    "twice_naive": dict(reuse_fakes=False, g_channels_last=False, up_conv="naive"),
+    "twice_phase": dict(reuse_fakes=False, g_channels_last=False, up_conv="phase"),
+    "twice": dict(reuse_fakes=False, g_channels_last=False, up_conv="fused"),
+    "reuse": dict(reuse_fakes=True, g_channels_last=False, up_conv="fused"),
+    "reuse_cl": dict(reuse_fakes=True, g_channels_last=True, up_conv="fused"),
 }
+
+
+def naive_up_conv(x, weight):
+    """Nearest x2 upsampling, then the 3x3 conv (FastGAN's own up-block)."""
+    return F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), weight, padding=1)
+
+
+def phase_up_conv(x, weight):
+    """The previous fusion: four 2x2 phase convolutions of the padded input, interleaved by stack + reshape."""
+    n, _, h, w = x.shape
+    o = weight.shape[0]
+    k0, k1, k2 = weight.unbind(2)
+    rows = torch.stack([torch.stack([k0, k1 + k2], 2), torch.stack([k0 + k1, k2], 2)])  # [a, O, I, 2, 3]
+    k0, k1, k2 = rows.unbind(4)
+    taps = torch.stack([torch.stack([k0, k1 + k2], 4), torch.stack([k0 + k1, k2], 4)], 1)  # [a, b, O, I, 2, 2]
+    y = F.conv2d(F.pad(x, [1, 1, 1, 1]), taps.reshape(4 * o, -1, 2, 2)).reshape(n, 2, 2, o, h + 1, w + 1)
+    phases = [[y[:, a, b, :, a:a + h, b:b + w] for b in (0, 1)] for a in (0, 1)]
+    return torch.stack([torch.stack(row, -1) for row in phases], 3).reshape(n, o, 2 * h, 2 * w)
+
+
+UP_CONVS = dict(naive=naive_up_conv, phase=phase_up_conv, fused=networks_fastgan.upsample2x_conv3x3)
+
+
+@contextlib.contextmanager
+def up_conv(kind):
+    """Run the FastGAN up-blocks with the given upsample+conv implementation (same function, other ops)."""
+    saved = networks_fastgan.upsample2x_conv3x3
+    networks_fastgan.upsample2x_conv3x3 = UP_CONVS[kind]
+    try:
+        yield
+    finally:
+        networks_fastgan.upsample2x_conv3x3 = saved
 
 
 def resolved_config(args):
@@ -51,7 +95,7 @@ def resolved_config(args):
         img_snap=None, seed=0, mirror=False, cond=False, glr=None, dlr=None, ema_kimg=None, ema_rampup=None,
         r1_gamma=None, cbase=32768, cmax=512, map_depth=None, ngf=args.ngf or 128, backbone="tf_efficientnet_lite0",
         backbone_weights=None, feat_res=args.feat_res, fp32=False, metrics=[], workers=0, grid=None, desc=None,
-        keep=0,
+        keep=0, reuse_fakes=True, proj_type=2, num_discs=4,
     )
     given = lambda name: name == "feat_res" and opts.feat_res is not None
     return train.build_config(opts, given, world_size=1)
@@ -82,6 +126,10 @@ def make(variant, c, args, device):
     c0 = torch.zeros(args.batch, 0, device=device)
 
     def iteration():
+        with up_conv(v["up_conv"]):
+            _iteration()
+
+    def _iteration():
         for name, params, opt in phases:
             opt.zero_grad(set_to_none=True)
             for p in params:
@@ -96,16 +144,6 @@ def make(variant, c, args, device):
             torch._foreach_lerp_(list(G_ema.parameters()), [p.detach() for p in G.parameters()], 1 - 0.999)
 
     return iteration
-
-
-def timed(fn, device, clock):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t = clock()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return clock() - t
 
 
 def main():

@@ -55,7 +55,7 @@ def worker(args):
         img_snap=None, seed=0, mirror=False, cond=False, glr=None, dlr=None, ema_kimg=None, ema_rampup=None,
         r1_gamma=None, cbase=args.cbase, cmax=512, map_depth=None, ngf=args.ngf, backbone="tf_efficientnet_lite0",
         backbone_weights=None, feat_res=args.feat_res if args.loss == "projected" else None, fp32=args.fp32,
-        metrics=[], workers=args.workers, grid=None, desc=None,
+        metrics=[], workers=args.workers, grid=None, desc=None, reuse_fakes=True, proj_type=2, num_discs=4, keep=0,
     )
     given = lambda name: name == "feat_res" and opts.feat_res is not None
     c = train.build_config(opts, given, world_size=1)

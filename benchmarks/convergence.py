@@ -696,7 +696,8 @@ def write_outputs(study: dict, docs_dir: str, grid_kimg=None) -> dict:
 def describe_settings(study: dict) -> str:
     s = study["settings"]
     arms = "; ".join(f"`{a}`: `{shlex.join(study['arms'][a]['args'])}`" for a in study["arm_order"])
-    return (f"--cfg={s['cfg']} on `{s['data']}`, batch {s['batch']}, seed {s['seed']}, EMA half-life "
+    data = os.path.relpath(s["data"], REPO) if os.path.abspath(s["data"]).startswith(REPO + os.sep) else s["data"]
+    return (f"--cfg={s['cfg']} on `{data}`, batch {s['batch']}, seed {s['seed']}, EMA half-life "
             f"{s['ema_kimg']:g} kimg (ramp-up {s['ema_rampup']:g}), mirror {int(s['mirror'])}, widths: ngf "
             f"{s['ngf']}, cbase {s['cbase']}, cmax {s['cmax']}, map-depth {s['map_depth']}, feat-res "
             f"{s['feat_res']}; extra train.py options `{s['train_args']}`; metrics {', '.join(s['metrics'])}; "

@@ -102,13 +102,19 @@ class ProjectedGANLoss:
         blur_fade_kimg:  ... fading linearly to zero over this many thousand images (0 = no blur).
         report:          where training statistics go: a callable `report(name, tensor)`, a dotted name of one
                          (e.g. 'torch_utils.training_stats.report', imported at the first report), or None.
+        reuse_fakes:     the D phase trains on the fakes of the same iteration's G phase (detached, with their
+                         labels) instead of running G again: one generator forward per iteration instead of two,
+                         as in FastGAN's own loop. D then sees fakes of G before its optimiser step (one step
+                         older than with False, where the D phase draws new ones). The D phase's `gen_z`/`gen_c`
+                         are ignored while G-phase fakes of matching batch size are left; without them (no G
+                         phase this iteration) it generates as usual. False (the hosts' behaviour) by default.
         r1_gamma, style_mixing_prob, pl_weight, pl_batch_shrink, pl_decay, pl_no_weight_grad, G_ema:
                          accepted for host configs written for StyleGAN2Loss, and ignored (with a warning where
                          the value asks for a regulariser). Any other keyword is a TypeError.
     """
 
     def __init__(self, device, G=None, D=None, augment_pipe=None, blur_init_sigma=2, blur_fade_kimg=300,
-                 report=None, G_mapping=None, G_synthesis=None, **host_kwargs):
+                 report=None, G_mapping=None, G_synthesis=None, reuse_fakes=False, **host_kwargs):
         unknown = sorted(k for k in host_kwargs if k not in _IGNORED_HOST_KWARGS)
         if unknown:
             own = [p for p in inspect.signature(ProjectedGANLoss.__init__).parameters if p not in ("self",
@@ -141,6 +147,9 @@ class ProjectedGANLoss:
         self._report = report
         self._nimg = 0  # Images seen, for hosts (StyleGAN2-ADA) that do not pass cur_nimg.
         self._warned_reg_phases = set()
+        self.reuse_fakes = bool(reuse_fakes)
+        self._fakes = []  # reuse_fakes: (img, c) of this iteration's G phase, in round order, for its D phase
+        self._last_phase = None
 
         # How to run G, decided once. A wrapped G is called whole: reaching into `.module.mapping` would bypass
         # DDP and leave its gradients un-reduced.
@@ -251,6 +260,9 @@ class ProjectedGANLoss:
             gain = args[0]
             cur_nimg = args[1] if len(args) > 1 else cur_nimg
         gain = 1.0 if gain is None else float(gain)
+        if phase in ("Gmain", "Gboth") and self._last_phase not in ("Gmain", "Gboth"):
+            self._fakes.clear()  # a new iteration: fakes of an earlier one are never trained on
+        self._last_phase = phase
         if phase in ("Dmain", "Dboth"):
             world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
             self._nimg += real_img.shape[0] * world
@@ -264,7 +276,10 @@ class ProjectedGANLoss:
 
         if phase in ("Gmain", "Gboth"):
             with _ddp_sync(G_modules, sync), _ddp_sync([self.D], False):
-                gen_img = self.run_G(gen_z, gen_c)
+                # With reuse_fakes this is G's only forward of the iteration, so it also updates G's EMAs.
+                gen_img = self.run_G(gen_z, gen_c, update_emas=self.reuse_fakes)
+                if self.reuse_fakes:
+                    self._fakes.append((gen_img.detach(), gen_c.detach()))
                 gen_logits = self.run_D(gen_img, gen_c, blur_sigma)
                 loss_G = (-gen_logits).mean()
                 self.report("Loss/scores/fake", gen_logits)
@@ -277,9 +292,12 @@ class ProjectedGANLoss:
                     loss_G.mul(gain).backward(inputs=g_params)
 
         if phase in ("Dmain", "Dboth"):
-            with torch.no_grad(), _ddp_sync(G_modules, False):  # D's step never needs gradients through G.
-                # detach(): no_grad does not strip requires_grad from a generator that returns a leaf tensor.
-                gen_img = self.run_G(gen_z, gen_c, update_emas=True).detach()
+            if self._fakes and self._fakes[0][0].shape[0] == gen_z.shape[0]:
+                gen_img, gen_c = self._fakes.pop(0)
+            else:
+                with torch.no_grad(), _ddp_sync(G_modules, False):  # D's step never needs gradients through G.
+                    # detach(): no_grad does not strip requires_grad from a generator that returns a leaf tensor.
+                    gen_img = self.run_G(gen_z, gen_c, update_emas=True).detach()
             # Two forward/backward pairs, fakes first without DDP's all-reduce: a DDP module must not run two
             # synchronised forwards before one backward, and the accumulated gradient is reduced with the reals.
             with _ddp_sync([self.D], False):

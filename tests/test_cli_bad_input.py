@@ -335,6 +335,16 @@ def test_interrupted_training_exits_with_128_plus_the_signal(tmp_path, data, mon
     assert len(glob.glob(str(outdir / "00000-*" / "resume-state.pt"))) == 1
 
 
+def _wait_for_first_snapshot(proc, outdir, timeout=300):
+    """Block until the run under `outdir` has written its first history snapshot; the process must still run."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if glob.glob(str(outdir / "00000-*" / "network-snapshot-*.pt")):
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()
+
+
 def test_sigterm_on_a_real_run_saves_and_exits_143_with_the_plugin_notes_logged(tmp_path, data):
     """The real script: SIGTERM mid-run -> resume file, one 'Stopped' line, exit 128+15; logging is configured, so
     the projector plugin's note on where its backbone weights came from is visible."""
@@ -344,12 +354,7 @@ def test_sigterm_on_a_real_run_saves_and_exits_143_with_the_plugin_notes_logged(
            "--grid=2x2", "--kimg=10", "--tick=0.004", "--snap=1", "--img-snap=1000", "--device=cpu"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None:
-            if glob.glob(str(outdir / "00000-*" / "network-snapshot-*.pt")):
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, proc.communicate()
+        _wait_for_first_snapshot(proc, outdir)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=240)
     finally:
@@ -403,12 +408,7 @@ def test_sigterm_to_the_launcher_of_two_processes_is_forwarded_and_waited_for(tm
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     children = []
     try:
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None:
-            if glob.glob(str(outdir / "00000-*" / "network-snapshot-*.pt")):
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, proc.communicate()
+        _wait_for_first_snapshot(proc, outdir)
         children = [c for c in psutil.Process(proc.pid).children() if "python" in c.name().lower()]
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=240)

@@ -2,7 +2,6 @@
 state dicts and serialisation, batch-statistics norms, host kwargs, the reference implementation."""
 
 import copy
-import importlib.util
 import io
 import logging
 import os
@@ -13,59 +12,14 @@ import warnings
 
 import pytest
 import torch
+from _plugin_helpers import REPO, load_reference
+from _plugin_helpers import ToyG as _ToyG
+from _plugin_helpers import imgs as _imgs
 
 from projector_plugin import ProjectedDiscriminator, ProjectedGANLoss
 from projector_plugin.discriminator import HOST_KWARGS, BatchStatsNorm2d, MiniDiscriminator
 
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-
-
-def _load_reference():
-    spec = importlib.util.spec_from_file_location(
-        "reference_discriminator", os.path.join(REPO, "benchmarks", "reference_discriminator.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ReferenceDiscriminator = _load_reference().ReferenceDiscriminator
-
-
-def _imgs(n=2, res=32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, 3, res, res, generator=g) * 2 - 1
-
-
-@pytest.fixture(scope="module")
-def small_D():
-    """Pretrained lite0 at a reduced input size: real features, fast enough for many steps on a CPU."""
-    torch.manual_seed(0)
-    return ProjectedDiscriminator(feat_res=64)
-
-
-class _ToyG(torch.nn.Module):
-    """A generator either with StyleGAN's mapping/synthesis split or as a plain G(z, c)."""
-
-    def __init__(self, with_mapping, res=32):
-        super().__init__()
-        self.with_mapping, self.res, self.z_dim = with_mapping, res, 8
-        self.fc = torch.nn.Linear(8, 3 * res * res)
-        self.update_emas_calls = []
-
-    def mapping(self, z, c, update_emas=False):
-        self.update_emas_calls.append(update_emas)
-        return z[:, None, :]
-
-    def synthesis(self, ws, update_emas=False):
-        return torch.tanh(self.fc(ws[:, 0])).view(-1, 3, self.res, self.res)
-
-    def forward(self, z, c):
-        return torch.tanh(self.fc(z)).view(-1, 3, self.res, self.res)
-
-    def __getattribute__(self, name):
-        if name in ("mapping", "synthesis") and not object.__getattribute__(self, "with_mapping"):
-            raise AttributeError(name)
-        return super().__getattribute__(name)
+ReferenceDiscriminator = load_reference().ReferenceDiscriminator
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -1,32 +1,16 @@
 """projector_plugin.feature_networks: pretrained weights, BatchNorm folding, frozen-ness."""
 
-import importlib.util
-import os
 
 import pytest
 import torch
 from _optional import require_or_skip
+from _plugin_helpers import imgs as _imgs
+from _plugin_helpers import load_reference
 
 import projector_plugin
 from projector_plugin import ProjectedDiscriminator, feature_networks
 
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-
-
-def _load_reference():
-    spec = importlib.util.spec_from_file_location(
-        "reference_discriminator", os.path.join(REPO, "benchmarks", "reference_discriminator.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-UnfoldedFeatureNetwork = _load_reference().UnfoldedFeatureNetwork
-
-
-def _imgs(n=2, res=32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, 3, res, res, generator=g) * 2 - 1
+UnfoldedFeatureNetwork = load_reference().UnfoldedFeatureNetwork
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -14,49 +14,13 @@ import warnings
 
 import pytest
 import torch
+from _plugin_helpers import REPO
+from _plugin_helpers import ToyG as _ToyG
+from _plugin_helpers import imgs as _imgs
 
 import projector_plugin
 from projector_plugin import ProjectedDiscriminator, ProjectedGANLoss, gaussian_blur
 from projector_plugin.blur import blur_kernel
-
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-
-
-def _imgs(n=2, res=32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, 3, res, res, generator=g) * 2 - 1
-
-
-@pytest.fixture(scope="module")
-def small_D():
-    """Pretrained lite0 at a reduced input size: real features, fast enough for many steps on a CPU."""
-    torch.manual_seed(0)
-    return ProjectedDiscriminator(feat_res=64)
-
-
-class _ToyG(torch.nn.Module):
-    """A generator either with StyleGAN's mapping/synthesis split or as a plain G(z, c)."""
-
-    def __init__(self, with_mapping, res=32):
-        super().__init__()
-        self.with_mapping, self.res, self.z_dim = with_mapping, res, 8
-        self.fc = torch.nn.Linear(8, 3 * res * res)
-        self.update_emas_calls = []
-
-    def mapping(self, z, c, update_emas=False):
-        self.update_emas_calls.append(update_emas)
-        return z[:, None, :]
-
-    def synthesis(self, ws, update_emas=False):
-        return torch.tanh(self.fc(ws[:, 0])).view(-1, 3, self.res, self.res)
-
-    def forward(self, z, c):
-        return torch.tanh(self.fc(z)).view(-1, 3, self.res, self.res)
-
-    def __getattribute__(self, name):
-        if name in ("mapping", "synthesis") and not object.__getattribute__(self, "with_mapping"):
-            raise AttributeError(name)
-        return super().__getattribute__(name)
 
 
 class _TinyD(torch.nn.Module):
@@ -232,6 +196,101 @@ class _SG3Mapping(_ADAMapping):
 
 
 @pytest.mark.filterwarnings("ignore:ProjectedGANLoss. the host runs lazy regularisation")
+# ---------------------------------------------------------------------------------------------------------------------
+# reuse_fakes: one generator forward per iteration.
+
+
+class _CountingG(_ToyG):
+    def __init__(self):
+        super().__init__(with_mapping=False)
+        self.calls = 0
+
+    def forward(self, z, c):
+        self.calls += 1
+        return super().forward(z, c)
+
+
+def _phase(loss, phase, z, c=None, real=None):
+    real = _imgs(z.shape[0], seed=9) if real is None else real
+    c = torch.zeros(z.shape[0], 0) if c is None else c
+    loss.accumulate_gradients(phase, real, torch.zeros(z.shape[0], 0), z, c, 1.0, 10**9)
+
+
+def test_reuse_fakes_trains_D_on_the_G_phase_images_with_one_G_forward():
+    torch.manual_seed(0)
+    G, D = _CountingG(), _TinyD()
+    loss = ProjectedGANLoss("cpu", G=G, D=D, blur_init_sigma=0, reuse_fakes=True)
+    z_g, z_d = torch.randn(2, 8), torch.randn(2, 8)
+    for rnd in range(2):  # two rounds of gradient accumulation per phase, as a host with batch_gpu < batch does
+        _phase(loss, "Gmain", z_g + rnd)
+    D.seen.clear()
+    for rnd in range(2):
+        _phase(loss, "Dmain", z_d + rnd)
+    assert G.calls == 2  # the G phase's forwards only
+    with torch.no_grad():
+        expected = [G(z_g + rnd, None) for rnd in range(2)]
+    fakes = D.seen[0::2]  # each D round sees fakes, then reals
+    for got, want in zip(fakes, expected):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_reuse_fakes_gives_the_same_D_gradient_as_regenerating_the_same_fakes():
+    """With the D phase's latents equal to the G phase's and no G step between, both paths are one computation."""
+    grads = []
+    for reuse in (False, True):
+        torch.manual_seed(0)
+        G, D = _CountingG(), _TinyD()
+        loss = ProjectedGANLoss("cpu", G=G, D=D, blur_init_sigma=0, reuse_fakes=reuse)
+        z = torch.randn(3, 8)
+        D.requires_grad_(False)
+        _phase(loss, "Gmain", z)
+        G.requires_grad_(False)
+        D.requires_grad_(True)
+        D.zero_grad(set_to_none=True)
+        _phase(loss, "Dmain", z)
+        grads.append([p.grad.clone() for p in D.parameters()])
+        assert G.calls == (1 if reuse else 2)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_reuse_fakes_regenerates_without_a_G_phase_or_on_a_batch_mismatch():
+    G, D = _CountingG(), _TinyD()
+    loss = ProjectedGANLoss("cpu", G=G, D=D, blur_init_sigma=0, reuse_fakes=True)
+    _phase(loss, "Dmain", torch.randn(2, 8))  # no G phase yet
+    assert G.calls == 1
+    _phase(loss, "Gmain", torch.randn(2, 8))
+    _phase(loss, "Dmain", torch.randn(4, 8))  # another batch size: the stored fakes do not fit
+    assert G.calls == 3
+    _phase(loss, "Dmain", torch.randn(2, 8))  # the stored fakes are still this iteration's: used
+    assert G.calls == 3
+    _phase(loss, "Dmain", torch.randn(2, 8))  # more D rounds than G rounds: generate
+    assert G.calls == 4
+
+
+def test_reuse_fakes_never_trains_on_an_earlier_iterations_fakes():
+    G, D = _CountingG(), _TinyD()
+    loss = ProjectedGANLoss("cpu", G=G, D=D, blur_init_sigma=0, reuse_fakes=True)
+    z1, z2 = torch.randn(2, 8), torch.randn(2, 8)
+    _phase(loss, "Gmain", z1)
+    _phase(loss, "Gmain", z1 + 1)  # two G rounds, ...
+    _phase(loss, "Dmain", z1)      # ... one D round: one set of fakes is left over
+    _phase(loss, "Greg", z1)
+    _phase(loss, "Gmain", z2)      # next iteration
+    D.seen.clear()
+    _phase(loss, "Dmain", z2)
+    with torch.no_grad():
+        torch.testing.assert_close(D.seen[0], G(z2, None), rtol=0, atol=0)
+
+
+def test_reuse_fakes_is_off_by_default_as_in_the_hosts():
+    G, D = _CountingG(), _TinyD()
+    loss = ProjectedGANLoss("cpu", G=G, D=D, blur_init_sigma=0)
+    _phase(loss, "Gmain", torch.randn(2, 8))
+    _phase(loss, "Dmain", torch.randn(2, 8))
+    assert loss.reuse_fakes is False and G.calls == 2
+
+
 def test_stylegan2_ada_construction_with_mapping_and_synthesis():
     mapping, synthesis, D = _ADAMapping(), _ADASynthesis(), _TinyD()
     loss = ProjectedGANLoss(device="cpu", G_mapping=mapping, G_synthesis=synthesis, D=D, augment_pipe=None,

@@ -134,9 +134,20 @@ def test_dry_run_prints_config_and_writes_nothing(tmp_path, data):
     assert config["G_kwargs"]["class_name"] == "training.networks_fastgan.Generator"
     assert config["D_kwargs"]["class_name"] == "projector_plugin.ProjectedDiscriminator"
     assert config["loss_kwargs"]["class_name"] == "projector_plugin.ProjectedGANLoss"
+    assert config["loss_kwargs"]["reuse_fakes"] is True  # one generator forward per step by default
     assert config["ema_kimg"] == 8 * 10 / 32 and config["ema_rampup"] is None
     assert config["metrics"] == ["fid50k_full"]
     assert "00000-fastgan-projected-plain-gpus1-batch8" in text
+
+
+def test_reuse_fakes_and_the_paper_ablation_switches(tmp_path, data):
+    result = run_cli([f"--outdir={tmp_path}", "--cfg=fastgan", f"--data={data['plain']}", "--batch=8",
+                      "--reuse-fakes=0", "--proj-type=0", "--num-discs=2", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    text = result.output
+    config = json.loads(text[text.index("{"): text.index("\n}\n") + 2])
+    assert config["loss_kwargs"]["reuse_fakes"] is False
+    assert config["D_kwargs"]["proj_type"] == 0 and config["D_kwargs"]["num_discs"] == 2
 
 
 def test_dry_run_baseline_defaults(tmp_path, data):
@@ -164,6 +175,9 @@ def test_dry_run_baseline_defaults(tmp_path, data):
     (["--cfg=fastgan", "--batch=4", "--map-depth=4"], "--map-depth", "only applies"),
     (["--cfg=stylegan2", "--batch=4", "--ngf=8"], "--ngf", "only applies"),
     (["--cfg=fastgan", "--batch=4", "--r1-gamma=1"], "--r1-gamma", "Projected GANs use no R1"),
+    (["--cfg=fastgan", "--loss=stylegan2", "--batch=4", "--reuse-fakes=1"], "--reuse-fakes", "only applies"),
+    (["--cfg=fastgan", "--loss=stylegan2", "--batch=4", "--proj-type=0"], "--proj-type", "only applies"),
+    (["--cfg=fastgan", "--batch=4", "--num-discs=5"], "--num-discs", "not in the range"),
     (["--cfg=fastgan", "--loss=stylegan2", "--batch=4", "--backbone=resnet50"], "--backbone", "only applies"),
     (["--cfg=fastgan", "--batch=4", "--backbone=not_a_net"], "--backbone", "not a timm model"),
     (["--cfg=fastgan", "--batch=4", "--glr=-1"], "--glr", "must be positive"),

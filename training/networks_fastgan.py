@@ -74,23 +74,17 @@ def conv3x3(in_channels, out_channels):
 def upsample2x_conv3x3(x, weight):
     """conv2d(nearest_upsample_2x(x), weight, padding=1) without building the upsampled image.
 
-    x [N, I, H, W], weight [O, I, 3, 3] -> [N, O, 2H, 2W]. Output pixel (2i + a, 2j + b) reads only
-    source rows i - 1 + a .. i + a and columns j - 1 + b .. j + b, so each of the four phases (a, b)
-    is a 2x2 convolution with taps of the 3x3 kernel summed (a = 0: rows [k0, k1 + k2]; a = 1:
-    [k0 + k1, k2]): 16 instead of 36 multiply-adds per input pixel and channel pair. The phases
-    run as one conv of the zero-padded x and are interleaved by a reshape.
+    x [N, I, H, W], weight [O, I, 3, 3] -> [N, O, 2H, 2W]. Nearest upsampling is zero insertion followed by a
+    2-tap box filter per axis, so upsample-then-conv3x3 is one stride-2 transposed convolution whose 4-tap kernel
+    per axis is the 3x3 kernel convolved with the box: along an axis with taps (k0, k1, k2) it is
+    (k2, k1 + k2, k0 + k1, k0) (padding 1). That is 16 instead of 36 multiply-adds per input pixel and channel
+    pair, in a single convolution: no upsampled image, no phase interleaving, and a cheaper backward.
     """
-    n, _, h, w = x.shape
-    o = weight.shape[0]
     k0, k1, k2 = weight.unbind(2)
-    rows = torch.stack([torch.stack([k0, k1 + k2], 2), torch.stack([k0 + k1, k2], 2)])  # [a, O, I, 2, 3]
-    k0, k1, k2 = rows.unbind(4)
-    taps = torch.stack([torch.stack([k0, k1 + k2], 4), torch.stack([k0 + k1, k2], 4)], 1)  # [a, b, O, I, 2, 2]
-    y = F.conv2d(F.pad(x, [1, 1, 1, 1]), taps.reshape(4 * o, -1, 2, 2))  # [N, 4 * O, H + 1, W + 1]
-    y = y.reshape(n, 2, 2, o, h + 1, w + 1)
-    phases = [[y[:, a, b, :, a:a + h, b:b + w] for b in (0, 1)] for a in (0, 1)]
-    y = torch.stack([torch.stack(row, -1) for row in phases], 3)  # [N, O, H, 2 (a), W, 2 (b)]
-    return y.reshape(n, o, 2 * h, 2 * w)
+    rows = torch.stack([k2, k1 + k2, k0 + k1, k0], 2)  # [O, I, 4, 3]
+    k0, k1, k2 = rows.unbind(3)
+    kernel = torch.stack([k2, k1 + k2, k0 + k1, k0], 3)  # [O, I, 4, 4]
+    return F.conv_transpose2d(x, kernel.transpose(0, 1), stride=2, padding=1)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -64,6 +64,7 @@ ALLOWED_CLASSES = frozenset([
     "projector_plugin.loss.ProjectedGANLoss",
     "training.loss.StyleGAN2Loss",
     "training.dataset.ImageFolderDataset",
+    "torch_utils.image_dataset.ImageFolderDataset",
 ])
 ALLOW_OPTION = "--allow-class"
 
