@@ -169,3 +169,15 @@ def test_real_full_disk_torch_save(small_tmpfs):
         snapshot.atomic_torch_save({"w": torch.ones(1_000_000)}, str(path))  # 4 MB > 2 MiB
     assert str(err.value) == f"no space left on device at {path}"
     assert path.read_bytes() == before and os.listdir(small_tmpfs) == [path.name]
+
+
+def test_atomic_write_gives_the_file_the_mode_of_a_plain_open(tmp_path):
+    """mkstemp's 0600 must not leak into results (snapshots, grids) that others on a cluster need to read."""
+    old = os.umask(0o022)
+    try:
+        util.atomic_write(str(tmp_path / "a.bin"), lambda f: f.write(b"x"))
+        with open(tmp_path / "b.bin", "wb") as f:
+            f.write(b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.bin").stat().st_mode & 0o777 == (tmp_path / "b.bin").stat().st_mode & 0o777 == 0o644

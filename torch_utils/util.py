@@ -260,6 +260,7 @@ def atomic_path(path: str, suffix: str = ".tmp", tag: str = "", durable: bool = 
         raise
     try:
         os.close(fd)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; the result gets the mode a plain open() gives
         yield tmp
         if durable:
             _fsync(tmp, os.O_RDWR)
@@ -278,6 +279,13 @@ def atomic_path(path: str, suffix: str = ".tmp", tag: str = "", durable: bool = 
             _fsync(directory, os.O_RDONLY)
         except OSError:
             pass
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync(name: str, flags: int) -> None:
