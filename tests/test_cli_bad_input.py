@@ -345,6 +345,20 @@ def _wait_for_first_snapshot(proc, outdir, timeout=300):
     assert proc.poll() is None, proc.communicate()
 
 
+def _sigterm_after_first_snapshot(cmd, outdir, before_signal=lambda proc: None):
+    """Start `cmd`, SIGTERM it once its run has a snapshot -> (returncode, stdout + stderr, before_signal(proc))."""
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_first_snapshot(proc, outdir)
+        seen = before_signal(proc)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, out + err, seen
+
+
 def test_sigterm_on_a_real_run_saves_and_exits_143_with_the_plugin_notes_logged(tmp_path, data):
     """The real script: SIGTERM mid-run -> resume file, one 'Stopped' line, exit 128+15; logging is configured, so
     the projector plugin's note on where its backbone weights came from is visible."""
@@ -352,16 +366,9 @@ def test_sigterm_on_a_real_run_saves_and_exits_143_with_the_plugin_notes_logged(
     cmd = [sys.executable, os.path.join(REPO, "train.py"), f"--outdir={outdir}", "--cfg=fastgan_lite",
            f"--data={data['good']}", "--batch=4", "--ngf=4", "--feat-res=32", "--metrics=none", "--workers=0",
            "--grid=2x2", "--kimg=10", "--tick=0.004", "--snap=1", "--img-snap=1000", "--device=cpu"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        _wait_for_first_snapshot(proc, outdir)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=240)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 128 + signal.SIGTERM, out[-2000:] + err[-2000:]
-    text = out + err  # while training, the run's log.txt tee carries stderr to stdout too
+    returncode, text, _ = _sigterm_after_first_snapshot(cmd, outdir)
+    # (while training, the run's log.txt tee carries stderr to stdout too)
+    assert returncode == 128 + signal.SIGTERM, text[-4000:]
     assert "projector_plugin:" in text and "weights from" in text, text[-2000:]
     stopped = [ln for ln in text.splitlines() if ln.startswith("Stopped: ")]
     assert len(stopped) == 1 and "Traceback" not in text, text[-2000:]
@@ -405,18 +412,9 @@ def test_sigterm_to_the_launcher_of_two_processes_is_forwarded_and_waited_for(tm
     outdir = tmp_path / "runs"
     cmd = [sys.executable, os.path.join(REPO, "train.py")] + _args(outdir, data["good"], ["--gpus=2", "--kimg=10",
                                                                                           "--img-snap=1000"])
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    children = []
-    try:
-        _wait_for_first_snapshot(proc, outdir)
-        children = [c for c in psutil.Process(proc.pid).children() if "python" in c.name().lower()]
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=240)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 128 + signal.SIGTERM, out[-2000:] + err[-2000:]
-    text = out + err
+    returncode, text, children = _sigterm_after_first_snapshot(
+        cmd, outdir, lambda proc: [c for c in psutil.Process(proc.pid).children() if "python" in c.name().lower()])
+    assert returncode == 128 + signal.SIGTERM, text[-4000:]
     assert "SIGTERM: asked the 2 training processes to stop" in text, text[-2000:]
     stopped = [ln for ln in text.splitlines() if ln.startswith("Stopped: ")]
     assert len(stopped) == 1 and "Interrupted by SIGTERM" in stopped[0] and "Traceback" not in text, text[-2000:]
