@@ -337,8 +337,13 @@ def compute_feature_stats_for_dataset(opts, detector_name, detector_kwargs=None,
     if opts.cache and use_cache and dataset_kwargs.get("path") is not None:
         cache_file = _stats_cache_path(opts, dataset_kwargs, detector_name, merged_kwargs, max_items, capture_all,
                                        capture_mean_cov, feature_kind)
-        if _broadcast_flag(opts.rank == 0 and os.path.isfile(cache_file), opts):
-            return FeatureStats.load(cache_file, capture_all, capture_mean_cov, max_items)
+        # A shared evaluation caches features and mean/cov together; a metric that needs only one of them
+        # loads that part of the same file instead of embedding the data again.
+        both_file = _stats_cache_path(opts, dataset_kwargs, detector_name, merged_kwargs, max_items, True, True,
+                                      feature_kind)
+        for path in dict.fromkeys([cache_file, both_file]):
+            if _broadcast_flag(opts.rank == 0 and os.path.isfile(path), opts):
+                return FeatureStats.load(path, capture_all, capture_mean_cov, max_items)
 
     detector = _detector(opts, detector_name, detector_kwargs or {})
     feature_fn = feature_fn or (lambda det, images: det(images))

@@ -353,6 +353,20 @@ def test_shared_evaluation_equals_per_metric_evaluations(toy, folders, tmp_path)
         "fid12_full"]
 
 
+def test_per_metric_evaluation_reuses_the_real_statistics_a_shared_one_cached(toy, folders, tmp_path):
+    names = ["fid16_full", "kid16_full", "pr16_full"]
+    kw = dict(dataset_kwargs=dict(path=folders["A"]), cache_dir=str(tmp_path), batch_size=8,
+              G_kwargs=dict(noise_mode="const"))
+    shared = metric_main.calc_metrics(names, G=ToyGenerator(), **kw)
+    # The shared pass cached the 30 real images' features and mean/cov in one file; FID alone needs only
+    # mean/cov and KID/PR only the features, and each loads its part: only the 16 generated images are embedded.
+    for name, s in zip(names, shared):
+        toy.images = 0
+        alone = metric_main.calc_metric(name, G=ToyGenerator(), **kw)
+        assert toy.images == 16, name
+        assert alone["results"] == s["results"], name
+
+
 def test_shared_evaluation_of_a_second_dataset_equals_per_metric(toy, folders, tmp_path):
     kw = dict(dataset_kwargs=dict(path=folders["A"]), dataset2_kwargs=dict(path=folders["B"]),
               cache_dir=str(tmp_path), batch_size=8, cache=False)
