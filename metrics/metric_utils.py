@@ -278,20 +278,25 @@ class _Progress:
 # Real data.
 
 
-def _stats_cache_path(opts, dataset_kwargs, detector_name, detector_kwargs, max_items, capture_all,
-                      capture_mean_cov, feature_kind):
-    desc = dict(version=CACHE_VERSION, fingerprint=dataset_fingerprint(dataset_kwargs["path"]),
-                dataset_kwargs={k: repr(v) for k, v in sorted(dataset_kwargs.items()) if k != "xflip"},
-                detector=detector_name,
-                detector_kwargs={k: repr(v) for k, v in sorted(detector_kwargs.items()) if k != "cache_dir"},
-                feature_kind=feature_kind, max_items=max_items, capture_all=capture_all,
-                capture_mean_cov=capture_mean_cov, seed=opts.seed)
-    key = hashlib.md5(json.dumps(desc, sort_keys=True).encode()).hexdigest()
+def _stats_cache_paths(opts, dataset_kwargs, detector_name, detector_kwargs, max_items, feature_kind, captures):
+    """Cache file of the real-data statistics for each (capture_all, capture_mean_cov) in `captures`; the data
+    is fingerprinted once (a folder dataset is a directory walk)."""
+    fingerprint = dataset_fingerprint(dataset_kwargs["path"])
     name = os.path.splitext(os.path.basename(os.path.normpath(dataset_kwargs["path"])))[0]
-    kind = "-".join(k for k, on in (("all", capture_all), ("meancov", capture_mean_cov)) if on)
     count = "full" if max_items is None else max_items
-    return os.path.join(opts.cache_dir, "gan-metrics",
-                        f"{name}-{detector_name}-{feature_kind}-{kind}-{count}-{key}.npz")
+    paths = []
+    for capture_all, capture_mean_cov in captures:
+        desc = dict(version=CACHE_VERSION, fingerprint=fingerprint,
+                    dataset_kwargs={k: repr(v) for k, v in sorted(dataset_kwargs.items()) if k != "xflip"},
+                    detector=detector_name,
+                    detector_kwargs={k: repr(v) for k, v in sorted(detector_kwargs.items()) if k != "cache_dir"},
+                    feature_kind=feature_kind, max_items=max_items, capture_all=capture_all,
+                    capture_mean_cov=capture_mean_cov, seed=opts.seed)
+        key = hashlib.md5(json.dumps(desc, sort_keys=True).encode()).hexdigest()
+        kind = "-".join(k for k, on in (("all", capture_all), ("meancov", capture_mean_cov)) if on)
+        paths.append(os.path.join(opts.cache_dir, "gan-metrics",
+                                  f"{name}-{detector_name}-{feature_kind}-{kind}-{count}-{key}.npz"))
+    return paths
 
 
 def _broadcast_flag(flag, opts):
@@ -335,13 +340,12 @@ def compute_feature_stats_for_dataset(opts, detector_name, detector_kwargs=None,
 
     cache_file = None
     if opts.cache and use_cache and dataset_kwargs.get("path") is not None:
-        cache_file = _stats_cache_path(opts, dataset_kwargs, detector_name, merged_kwargs, max_items, capture_all,
-                                       capture_mean_cov, feature_kind)
         # A shared evaluation caches features and mean/cov together; a metric that needs only one of them
         # loads that part of the same file instead of embedding the data again.
-        both_file = _stats_cache_path(opts, dataset_kwargs, detector_name, merged_kwargs, max_items, True, True,
-                                      feature_kind)
-        for path in dict.fromkeys([cache_file, both_file]):
+        captures = dict.fromkeys([(capture_all, capture_mean_cov), (True, True)])
+        cache_file, *fallbacks = _stats_cache_paths(opts, dataset_kwargs, detector_name, merged_kwargs, max_items,
+                                                    feature_kind, captures)
+        for path in [cache_file] + fallbacks:
             if _broadcast_flag(opts.rank == 0 and os.path.isfile(path), opts):
                 return FeatureStats.load(path, capture_all, capture_mean_cov, max_items)
 
