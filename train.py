@@ -241,6 +241,10 @@ def build_config(opts: util.EasyDict, given, world_size: int) -> util.EasyDict:
     c.image_snapshot_ticks = opts.img_snap if opts.img_snap is not None else opts.snap
     c.grid_size = parse_grid(opts.grid)
     c.cudnn_benchmark = True
+    if _loop_accepts("allow_tf32"):
+        c.allow_tf32 = bool(opts.tf32)
+    elif opts.tf32:
+        _fail("tf32", "this version of training.training_loop has no TF32 switch")
     c.resume = None
     c.cli = dict(cfg=cfg, loss=loss_kind, desc=opts.desc, command=" ".join(sys.argv))
     return c
@@ -716,6 +720,9 @@ class _MetricList(click.ParamType):
               metavar="BOOL", type=bool, default=True, show_default=True)
 @click.option("--fp32", help="Disable mixed precision (StyleGAN2 fp16 layers, bf16 feature network on CUDA)",
               metavar="BOOL", type=bool, default=False, show_default=True)
+@click.option("--tf32", help="Allow TF32 tensor cores for float32 convolutions and matmuls on CUDA (faster on "
+              "Ampere and newer, ~1e-3 relative error; off, as in StyleGAN2-ADA/StyleGAN3)", metavar="BOOL", type=bool,
+              default=False, show_default=True)
 # Misc.
 @click.option("--kimg", help="Total training duration in thousands of images", metavar="FLOAT", type=POSITIVE,
               default=10000, show_default=True)

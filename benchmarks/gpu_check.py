@@ -10,14 +10,16 @@ memory state, and a hang cannot eat the whole budget):
     build_ops      JIT-compile the bias_act / upfirdn2d CUDA kernels (torch_utils.custom_ops)
     cuda_tests     python -m pytest -q -m cuda tests/
     train          FastGAN 256x256, batch 64, projected D: sec/kimg and peak CUDA memory, once with the backbone in
-                   bf16 + channels_last and once with both off (the training loop itself, config from train.py)
-    d_step         the projected D's training step alone (real + fake hinge loss, backward, Adam), both settings
+                   bf16 + channels_last, once with both off, and once fast + TF32 for the float32 layers (--tf32=1;
+                   the training loop itself, config from train.py)
+    d_step         the projected D's training step alone (real + fake hinge loss, backward, Adam), same settings
     fid            fid50k_full of the snapshot the train step wrote
 
-An overall deadline (--deadline, 8 minutes by default) bounds the run: a step whose minimum budget no longer fits
-is recorded as skipped with the reason. The JSON is rewritten atomically after every step; rerunning skips the
-steps already recorded as 'ok' (--force redoes them). Dry run: the GPU-only steps are recorded as skipped ("no
-CUDA"), the others run on CPU with tiny sizes, and the JSON says "dry_run": true.
+An overall deadline (--deadline, 8 minutes by default) bounds the run: each step may use the time left minus the
+minimum budgets of the steps after it, and a step whose own minimum no longer fits is recorded as skipped with the
+reason (the optional fast_tf32 training variant is skipped first). The JSON is rewritten atomically after every
+step; rerunning skips the steps already recorded as 'ok' (--force redoes them). Dry run: the GPU-only steps are
+recorded as skipped ("no CUDA"), the others run on CPU with tiny sizes, and the JSON says "dry_run": true.
 """
 
 import argparse
@@ -40,6 +42,8 @@ STEPS = ("build_ops", "cuda_tests", "train", "d_step", "fid")
 # Minimum seconds each step needs to be worth starting (full run; dry runs need far less).
 MIN_BUDGET = dict(build_ops=30, cuda_tests=30, train=60, d_step=20, fid=60)
 VARIANTS = dict(fast=dict(channels_last=True, bf16=True), plain=dict(channels_last=False, bf16=False))
+# Also timed: the fast variant with TF32 tensor cores for the float32 layers (train.py --tf32=1; off by default).
+TIMED_VARIANTS = dict(VARIANTS, fast_tf32=dict(VARIANTS["fast"], tf32=True))
 
 
 def sizes(dry_run: bool) -> dict:
@@ -85,7 +89,9 @@ def worker_train(a):
     s, variant = a["sizes"], a["variant"]
     with open(a["config"], encoding="utf-8") as f:
         c = util.EasyDict(json.load(f))
-    c.D_kwargs.update(VARIANTS[variant])
+    d_kwargs = dict(TIMED_VARIANTS[variant])
+    c.allow_tf32 = d_kwargs.pop("tf32", False)
+    c.D_kwargs.update(d_kwargs)
     step_kimg = s["batch"] / 1000
     c.update(total_kimg=(1 + 2 * s["steps"]) * step_kimg, kimg_per_tick=s["steps"] * step_kimg,
              image_snapshot_ticks=None, network_snapshot_ticks=1000, metrics=[], grid_size=[1, 1])
@@ -108,7 +114,10 @@ def worker_d_step(a):
 
     s, device = a["sizes"], torch.device(a["sizes"]["device"])
     out = {}
-    for variant, kwargs in VARIANTS.items():
+    for variant, kwargs in TIMED_VARIANTS.items():
+        kwargs = dict(kwargs)
+        tf32 = kwargs.pop("tf32", False)
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32  # As the training loop sets.
         if device.type != "cuda" and kwargs["bf16"]:
             kwargs = dict(kwargs, bf16=False)  # bf16 autocast on a CPU without native support only measures that
         D = ProjectedDiscriminator(feat_res=s["feat_res"], **kwargs).to(device).train()
@@ -135,7 +144,7 @@ def worker_d_step(a):
         sec = (time.perf_counter() - t0) / s["d_steps"]
         out[variant] = dict(sec_per_step=sec, img_per_sec=2 * s["batch"] / sec,
                             peak_mem_gb=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda"
-                            else None, **kwargs)
+                            else None, tf32=tf32, **kwargs)
         del D, opt
     return dict(status="ok", **out)
 
@@ -168,6 +177,7 @@ class Check:
         self.deadline = deadline
         self.sizes = sizes(dry_run)
         self.data = self._load()
+        self.pending = list(STEPS)  # The steps of this invocation, in order (main() sets them).
 
     def _load(self):
         fresh = dict(schema=SCHEMA, dry_run=self.dry_run, sizes=self.sizes, steps={})
@@ -207,16 +217,32 @@ class Check:
             return dict(status="failed", reason=f"timed out after {budget:.0f} s")
         finally:
             os.unlink(f.name)
+        self._keep_log(f"worker-{name}.log", proc.stdout + proc.stderr)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode != 0 or not lines:
             last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
             return dict(status="failed", reason=last[-300:])
         return json.loads(lines[-1][len("RESULT "):])
 
+    def _keep_log(self, filename, text):
+        """The full output of a subprocess beside the JSON (appended: a step may run a worker twice)."""
+        with open(os.path.join(self.out_dir, filename), "a", encoding="utf-8") as f:
+            f.write(text)
+
+    def min_budget(self, name):
+        return MIN_BUDGET[name] / (10 if self.dry_run else 1)
+
+    def reserve(self, name):
+        """Seconds kept back for the steps after `name` that still have to run (their minimum budgets), so that
+        one slow step cannot starve the rest (on the first H200 run, training left the FID 36 s)."""
+        later = self.pending[self.pending.index(name) + 1:] if name in self.pending else []
+        return sum(self.min_budget(n) for n in later
+                   if self.force or self.data["steps"].get(n, {}).get("status") != "ok")
+
     def budget(self, name):
         """Seconds this step may use, or None (with the step recorded as skipped) when too little is left."""
-        need = MIN_BUDGET[name] / (10 if self.dry_run else 1)
-        left = self.remaining()
+        need = self.min_budget(name)
+        left = self.remaining() - self.reserve(name)
         if left < need:
             self.record(name, dict(status="skipped", reason=f"deadline: {left:.0f} s left, the step needs "
                                                             f"at least {need:.0f} s"))
@@ -242,14 +268,16 @@ class Check:
     # Steps.
 
     def cuda_tests(self, budget):
-        cmd = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "tests"]
+        cmd = [sys.executable, "-m", "pytest", "-q", "-rfEs", "-m", "cuda", "-p", "no:cacheprovider", "tests"]
         try:
             proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=budget)
         except subprocess.TimeoutExpired:
             return dict(status="failed", reason=f"timed out after {budget:.0f} s")
+        self._keep_log("cuda_tests.log", proc.stdout + proc.stderr)
         summary = (proc.stdout.strip().splitlines() or [""])[-1]
+        failed = [ln.split(" ", 1)[1].split(" - ")[0] for ln in proc.stdout.splitlines() if ln.startswith("FAILED ")]
         return dict(status="ok" if proc.returncode == 0 else "failed", summary=summary, returncode=proc.returncode,
-                    **({} if proc.returncode == 0 else dict(reason=summary)))
+                    failed=failed, **({} if proc.returncode == 0 else dict(reason=summary)))
 
     def train(self, budget):
         s = self.sizes
@@ -271,8 +299,11 @@ class Check:
         with open(config, "w", encoding="utf-8") as f:
             json.dump(config_obj, f)
         out = dict(status="ok", cfg=s["cfg"], res=s["res"], batch=s["batch"])
-        for variant in VARIANTS:
-            left = self.deadline - (time.time() - self.t0)
+        for variant in TIMED_VARIANTS:
+            left = self.remaining() - self.reserve("train")
+            if variant not in VARIANTS and left < self.min_budget("train"):  # The optional one: skip, not fail.
+                out[variant] = dict(status="skipped", reason=f"deadline: {left:.0f} s left for it")
+                continue
             run_dir = os.path.join(self.out_dir, "work", f"train-{variant}")
             r = self.run_worker("train", dict(sizes=s, variant=variant, config=config, run_dir=run_dir),
                                 max(left - 5, 1))
@@ -281,7 +312,9 @@ class Check:
                 out.update(status="failed", reason=f"{variant}: {r.get('reason')}")
                 break
         if out["status"] == "ok":
-            out["speedup_fast_vs_plain"] = out["plain"]["sec_per_kimg"] / out["fast"]["sec_per_kimg"]
+            for variant in TIMED_VARIANTS:
+                if variant != "plain" and out[variant].get("status") == "ok":
+                    out[f"speedup_{variant}_vs_plain"] = out["plain"]["sec_per_kimg"] / out[variant]["sec_per_kimg"]
         return out
 
     def d_step(self, budget):
@@ -335,6 +368,7 @@ def main(argv=None):
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         p.error(f"--out: '{out_dir}' is a file; give a folder (gpu_check.json is written into it)")
     check = Check(out_dir, a.deadline, a.dry_run, a.force)
+    check.pending = steps
     if not a.dry_run:
         import torch
 

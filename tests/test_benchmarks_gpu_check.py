@@ -22,6 +22,7 @@ def test_full_sizes_are_the_issue_setting():
     assert (s["cfg"], s["res"], s["batch"], s["metric"], s["device"]) == ("fastgan", 256, 64, "fid50k_full", "cuda")
     expected = dict(fast=dict(channels_last=True, bf16=True), plain=dict(channels_last=False, bf16=False))
     assert expected == gpu_check.VARIANTS
+    assert dict(expected, fast_tf32=dict(expected["fast"], tf32=True)) == gpu_check.TIMED_VARIANTS
 
 
 @pytest.fixture(scope="module")
@@ -34,15 +35,17 @@ def dry_run(tmp_path_factory):
 
 
 def test_dry_run_records_every_step(dry_run):
-    _, data, stdout = dry_run
+    out, data, stdout = dry_run
     assert data["schema"] == gpu_check.SCHEMA and data["dry_run"] is True
+    with open(out / "worker-train.log", encoding="utf-8") as f:  # The workers' full output, kept for diagnosis.
+        assert f.read().count("RESULT ") == len(gpu_check.TIMED_VARIANTS)
     steps = data["steps"]
     assert list(steps) == list(gpu_check.STEPS)
     for name in ("build_ops", "cuda_tests"):
         assert steps[name]["status"] == "skipped" and "no CUDA" in steps[name]["reason"]
     train = steps["train"]
     assert train["status"] == "ok"
-    for variant in gpu_check.VARIANTS:
+    for variant in gpu_check.TIMED_VARIANTS:
         assert train[variant]["sec_per_kimg"] > 0
         assert train[variant]["img_per_sec"] == pytest.approx(1000 / train[variant]["sec_per_kimg"])
         assert os.path.isfile(train[variant]["snapshot"])
@@ -52,7 +55,8 @@ def test_dry_run_records_every_step(dry_run):
     assert d_step["status"] == "ok"
     assert d_step["fast"]["channels_last"] is True and d_step["fast"]["bf16"] is False  # bf16 is CUDA-only
     assert d_step["plain"]["channels_last"] is False
-    for variant in gpu_check.VARIANTS:
+    assert d_step["fast_tf32"]["tf32"] is True and d_step["fast"]["tf32"] is False
+    for variant in gpu_check.TIMED_VARIANTS:
         assert d_step[variant]["sec_per_step"] > 0
     fid = steps["fid"]
     assert fid["status"] == "ok" and fid["metric"] == "fid8_full"
@@ -87,3 +91,16 @@ def test_out_that_is_a_file_is_refused(tmp_path):
     proc = run("--dry-run", f"--out={target}")
     assert proc.returncode == 2 and "--out:" in proc.stderr and "is a file" in proc.stderr
     assert target.read_text() == "keep me"
+
+
+def test_each_step_leaves_the_later_steps_their_minimum_budget(tmp_path, monkeypatch):
+    check = gpu_check.Check(str(tmp_path), deadline=480, dry_run=False, force=False)
+    check.pending = list(gpu_check.STEPS)
+    mb = gpu_check.MIN_BUDGET
+    assert check.reserve("train") == mb["d_step"] + mb["fid"] and check.reserve("fid") == 0
+    check.data["steps"]["d_step"] = dict(status="ok")  # Recorded by an earlier run: it will not run again.
+    assert check.reserve("train") == mb["fid"]
+    monkeypatch.setattr(check, "remaining", lambda: mb["fid"] + mb["train"] - 1)
+    assert check.budget("train") is None  # One second short once the FID's minute is kept back.
+    assert check.data["steps"]["train"]["status"] == "skipped"
+    assert check.budget("fid") == mb["fid"] + mb["train"] - 1

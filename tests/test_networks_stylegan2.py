@@ -218,6 +218,7 @@ def test_mixed_precision_is_cuda_only():
     assert [getattr(D, f'b{r}').use_fp16 for r in [32, 16, 8]] == [True, True, False]
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='fp16 synthesis/discriminator blocks need CUDA')
 def test_fp16_on_cuda_matches_fp32():
     G = make_G(64, num_fp16_res=2, conv_clamp=256).cuda()
@@ -345,3 +346,34 @@ def test_baseline_loss_trains_stylegan2_networks():
     with torch.no_grad():
         gap = (D(real, c) - D(G(z, c), c)).mean()
     assert gap > gap0  # D separates reals from fakes better after a few steps
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU (the fused bias_act/upfirdn2d kernels)')
+def test_cuda_kernels_inside_the_networks_match_the_cpu_reference_to_second_order():
+    """G and D on the GPU (fused CUDA ops, fp32, no TF32) against the same networks on the CPU (PyTorch reference
+    ops): images, logits, and the gradient of an R1 penalty w.r.t. D's weights, which differentiates through the
+    kernels twice."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        G, D = make_G(32, num_fp16_res=0), make_D(32, num_fp16_res=0)  # fp32 throughout (default: fp16 on CUDA)
+        z = torch.randn([4, Z])
+
+        def run(G, D, z):
+            img = G(z, None, noise_mode='const')
+            x = img.detach().requires_grad_()
+            (g,) = torch.autograd.grad(D(x, None).sum(), x, create_graph=True)
+            params = list(D.parameters())
+            grads = torch.autograd.grad(g.square().sum(), params, allow_unused=True)  # The output bias: unused.
+            grads = [torch.zeros_like(p) if d is None else d for p, d in zip(params, grads)]
+            return img.detach(), D(img.detach(), None).detach(), grads
+
+        ref = run(G, D, z)
+        got = run(copy.deepcopy(G).cuda(), copy.deepcopy(D).cuda(), z.cuda())
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    torch.testing.assert_close(got[0].cpu(), ref[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got[1].cpu(), ref[1], rtol=1e-4, atol=1e-4)
+    for a, b in zip(got[2], ref[2]):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-3, atol=1e-4 * max(1.0, b.abs().max().item()))

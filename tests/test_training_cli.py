@@ -137,16 +137,17 @@ def test_dry_run_prints_config_and_writes_nothing(tmp_path, data):
     assert config["loss_kwargs"]["reuse_fakes"] is True  # one generator forward per step by default
     assert config["ema_kimg"] == 8 * 10 / 32 and config["ema_rampup"] is None
     assert config["metrics"] == ["fid50k_full"]
+    assert config["allow_tf32"] is False  # as in NVIDIA's loops; --tf32=1 opts in
     assert "00000-fastgan-projected-plain-gpus1-batch8" in text
 
 
 def test_reuse_fakes_and_the_paper_ablation_switches(tmp_path, data):
     result = run_cli([f"--outdir={tmp_path}", "--cfg=fastgan", f"--data={data['plain']}", "--batch=8",
-                      "--reuse-fakes=0", "--proj-type=0", "--num-discs=2", "--dry-run"])
+                      "--reuse-fakes=0", "--proj-type=0", "--num-discs=2", "--tf32=1", "--dry-run"])
     assert result.exit_code == 0, result.output
     text = result.output
     config = json.loads(text[text.index("{"): text.index("\n}\n") + 2])
-    assert config["loss_kwargs"]["reuse_fakes"] is False
+    assert config["loss_kwargs"]["reuse_fakes"] is False and config["allow_tf32"] is True
     assert config["D_kwargs"]["proj_type"] == 0 and config["D_kwargs"]["num_discs"] == 2
 
 

@@ -512,3 +512,16 @@ def test_save_image_grid_layout(tmp_path):
         row, col = divmod(i, 3)
         assert out[row * 2, col * 2, 0] == round(i / 5 * 255) and out[row * 2, col * 2, 1] == 0
     assert tl.default_grid_size(64) == [16, 16] and tl.default_grid_size(256) == [7, 4]
+
+
+def test_a_bare_cuda_device_gets_an_index(monkeypatch):
+    """torch.cuda.set_device(torch.device("cuda")) raises (seen on an H200): the loop must add the index itself."""
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert tl.resolve_device("cuda") == torch.device("cuda", 3)
+    assert tl.resolve_device(torch.device("cuda", 1)) == torch.device("cuda", 1)
+    assert tl.resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert tl.resolve_device(None, rank=1) == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert tl.resolve_device(None, rank=3) == torch.device("cuda", 1)

@@ -334,6 +334,7 @@ def training_loop(
     snapshot_keep: int = 0,             # History snapshots to keep in run_dir: 0 = all, N = the newest N.
     grid_size: Optional[list] = None,   # [columns, rows] of reals.png / fakes*.png; None: from resolution.
     cudnn_benchmark: bool = True,       # torch.backends.cudnn.benchmark.
+    allow_tf32: bool = False,           # TF32 tensor cores for float32 convs/matmuls (Ampere+): faster, ~1e-3 error.
     **extra_options,                    # Recorded in snapshots' config (e.g. the CLI's choices); unused here.
 ) -> Dict[str, Any]:
     """Train. Returns {'run_dir', 'cur_nimg', 'last_snapshot', 'resume_state', 'sec_per_kimg', 'peak_gpu_mem', 'G',
@@ -354,23 +355,33 @@ def training_loop(
         return _train(stop=stop, **kwargs)
 
 
-def _train(*, stop: _StopRequest, run_dir, training_set_kwargs, data_loader_kwargs, G_kwargs, D_kwargs, G_opt_kwargs,
-           D_opt_kwargs, loss_kwargs, metrics, random_seed, num_gpus, rank, device, batch_size, batch_gpu, ema_kimg,
-           ema_rampup, G_reg_interval, D_reg_interval, total_kimg, kimg_per_tick, image_snapshot_ticks,
-           network_snapshot_ticks, resume, snapshot_keep, grid_size, cudnn_benchmark, extra_options):
-    """The body of `training_loop` (same arguments), run with the stop-signal handlers installed."""
-    options = {k: v for k, v in locals().items() if k not in ("rank", "device", "extra_options", "stop")}
-    options.update(extra_options)
-    start_time = time.time()
+def resolve_device(device, rank=0):
+    """The torch.device to train on: None -> this rank's GPU (or the CPU without CUDA); a bare "cuda" gets the current
+    device's index, since torch.cuda.set_device() and DDP need one."""
     if device is None:
         use_cuda = torch.cuda.is_available()
         device = torch.device("cuda", rank % max(torch.cuda.device_count(), 1)) if use_cuda else torch.device("cpu")
     device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def _train(*, stop: _StopRequest, run_dir, training_set_kwargs, data_loader_kwargs, G_kwargs, D_kwargs, G_opt_kwargs,
+           D_opt_kwargs, loss_kwargs, metrics, random_seed, num_gpus, rank, device, batch_size, batch_gpu, ema_kimg,
+           ema_rampup, G_reg_interval, D_reg_interval, total_kimg, kimg_per_tick, image_snapshot_ticks,
+           network_snapshot_ticks, resume, snapshot_keep, grid_size, cudnn_benchmark, allow_tf32, extra_options):
+    """The body of `training_loop` (same arguments), run with the stop-signal handlers installed."""
+    options = {k: v for k, v in locals().items() if k not in ("rank", "device", "extra_options", "stop")}
+    options.update(extra_options)
+    start_time = time.time()
+    device = resolve_device(device, rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = cudnn_benchmark
-        torch.backends.cuda.matmul.allow_tf32 = False  # exactness of fp32 math matters more than speed here
-        torch.backends.cudnn.allow_tf32 = False
+        # Off by default, as in NVIDIA's loops: fp32 layers stay exact unless the user trades that for speed.
+        torch.backends.cuda.matmul.allow_tf32 = bool(allow_tf32)
+        torch.backends.cudnn.allow_tf32 = bool(allow_tf32)
     world = num_gpus
     if batch_size % (batch_gpu * world) != 0:
         raise ValueError(f"batch_size={batch_size} must be a multiple of batch_gpu*num_gpus={batch_gpu * world}")
