@@ -520,7 +520,8 @@ def run_study(study: dict, schedule: list, metric_names: list, log) -> None:
 
 
 def _log_ticks(lo: float, hi: float) -> list:
-    """Tick values for a log axis over [lo, hi]: 1, 2, 5 x 10^k (only powers of 10 when that gives >= 3)."""
+    """Tick values for a log axis over [lo, hi]: 1, 2, 5 x 10^k (only powers of 10 when that gives >= 3), or powers of
+    two when the range is too short for three of those (a study from 1 to 4 kimg gets 1, 2, 4)."""
     ticks = []
     for e in range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1):
         for m in (1, 2, 5):
@@ -528,7 +529,12 @@ def _log_ticks(lo: float, hi: float) -> list:
             if lo <= v <= hi:
                 ticks.append((v, m == 1))
     major = [v for v, is_major in ticks if is_major]
-    return major if len(major) >= 3 else [v for v, _ in ticks]
+    if len(major) >= 3:
+        return major
+    if len(ticks) >= 3:
+        return [v for v, _ in ticks]
+    powers_of_two = [2.0 ** k for k in range(math.floor(math.log2(lo)), math.ceil(math.log2(hi)) + 1)]
+    return [v for v in powers_of_two if lo <= v <= hi] or [v for v, _ in ticks]
 
 
 def _draw_curve_panel(draw, font, top: int, name: str, per_arm: dict, arms: list, colors: dict, baseline) -> None:

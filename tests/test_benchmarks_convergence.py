@@ -265,3 +265,9 @@ def test_cli_errors_are_one_line(toy, tiny_data, tmp_path):
     _write_json(os.path.join(study_dir, "study.json"), study)
     res = runner.invoke(conv.main, _args(tiny_data, study_dir, docs))
     assert res.exit_code == 1 and "--batch" in res.output and "was made with 8, now 4" in res.output
+
+
+def test_log_axis_ticks_cover_short_and_long_ranges():
+    assert conv._log_ticks(0.88, 4.6) == [1.0, 2.0, 4.0]  # 1, 2, 5 x 10^k would give only 1 and 2
+    assert conv._log_ticks(0.4, 20) == [0.5, 1, 2, 5, 10, 20]
+    assert conv._log_ticks(0.05, 200) == [0.1, 1, 10, 100]
