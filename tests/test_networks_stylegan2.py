@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from metrics.detectors import tf32_disabled
 from training import networks_stylegan2 as sg2
 from training.networks_stylegan2 import Discriminator, Generator
 
@@ -354,25 +355,21 @@ def test_cuda_kernels_inside_the_networks_match_the_cpu_reference_to_second_orde
     """G and D on the GPU (fused CUDA ops, fp32, no TF32) against the same networks on the CPU (PyTorch reference
     ops): images, logits, and the gradient of an R1 penalty w.r.t. D's weights, which differentiates through the
     kernels twice."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        G, D = make_G(32, num_fp16_res=0), make_D(32, num_fp16_res=0)  # fp32 throughout (default: fp16 on CUDA)
-        z = torch.randn([4, Z])
+    G, D = make_G(32, num_fp16_res=0), make_D(32, num_fp16_res=0)  # fp32 throughout (default: fp16 on CUDA)
+    z = torch.randn([4, Z])
 
-        def run(G, D, z):
-            img = G(z, None, noise_mode='const')
-            x = img.detach().requires_grad_()
-            (g,) = torch.autograd.grad(D(x, None).sum(), x, create_graph=True)
-            params = list(D.parameters())
-            grads = torch.autograd.grad(g.square().sum(), params, allow_unused=True)  # The output bias: unused.
-            grads = [torch.zeros_like(p) if d is None else d for p, d in zip(params, grads)]
-            return img.detach(), D(img.detach(), None).detach(), grads
+    def run(G, D, z):
+        img = G(z, None, noise_mode='const')
+        x = img.detach().requires_grad_()
+        (g,) = torch.autograd.grad(D(x, None).sum(), x, create_graph=True)
+        params = list(D.parameters())
+        grads = torch.autograd.grad(g.square().sum(), params, allow_unused=True)  # The output bias: unused.
+        grads = [torch.zeros_like(p) if d is None else d for p, d in zip(params, grads)]
+        return img.detach(), D(img.detach(), None).detach(), grads
 
-        ref = run(G, D, z)
+    ref = run(G, D, z)
+    with tf32_disabled():
         got = run(copy.deepcopy(G).cuda(), copy.deepcopy(D).cuda(), z.cuda())
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
     torch.testing.assert_close(got[0].cpu(), ref[0], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(got[1].cpu(), ref[1], rtol=1e-4, atol=1e-4)
     for a, b in zip(got[2], ref[2]):
