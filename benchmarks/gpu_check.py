@@ -13,7 +13,8 @@ memory state, and a hang cannot eat the whole budget):
                    bf16 + channels_last, once with both off, and once fast + TF32 for the float32 layers (--tf32=1;
                    the training loop itself, config from train.py)
     d_step         the projected D's training step alone (real + fake hinge loss, backward, Adam), same settings
-    fid            fid50k_full of the snapshot the train step wrote
+    fid            fid50k_full of the snapshot the train step wrote (of an untrained generator of the same
+                   architecture when that snapshot is not there, e.g. on a fresh machine: timing only)
 
 An overall deadline (--deadline, 8 minutes by default) bounds the run: each step may use the time left minus the
 minimum budgets of the steps after it, and a step whose own minimum no longer fits is recorded as skipped with the
@@ -149,7 +150,25 @@ def worker_d_step(a):
     return dict(status="ok", **out)
 
 
-WORKERS = dict(build_ops=worker_build_ops, train=worker_train, d_step=worker_d_step)
+def worker_fresh_snapshot(a):
+    """A lean snapshot of an untrained generator of the train step's architecture (for the FID step's timing)."""
+    import torch
+
+    from torch_utils import util
+    from training.snapshot import save_snapshot
+
+    s = a["sizes"]
+    with open(a["config"], encoding="utf-8") as f:
+        c = util.EasyDict(json.load(f))
+    network = dict(c.G_kwargs, c_dim=0, img_resolution=s["res"], img_channels=3)  # make_dataset's images
+    torch.manual_seed(c.get("random_seed", 0))
+    G = util.construct_class_by_name(**network).eval()
+    save_snapshot(a["path"], networks=dict(G=network), G=G, G_ema=G)
+    return dict(status="ok", snapshot=a["path"])
+
+
+WORKERS = dict(build_ops=worker_build_ops, train=worker_train, d_step=worker_d_step,
+               fresh_snapshot=worker_fresh_snapshot)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,25 +298,35 @@ class Check:
         return dict(status="ok" if proc.returncode == 0 else "failed", summary=summary, returncode=proc.returncode,
                     failed=failed, **({} if proc.returncode == 0 else dict(reason=summary)))
 
-    def train(self, budget):
+    def dataset(self):
         s = self.sizes
-        data = make_dataset(os.path.join(self.out_dir, "work", f"data{s['res']}"), s["res"], s["num_images"])
+        return make_dataset(os.path.join(self.out_dir, "work", f"data{s['res']}"), s["res"], s["num_images"])
+
+    def write_config(self, budget):
+        """The training options `train.py --dry-run` prints for these sizes, as JSON -> (path, None) or
+        (None, failure reason)."""
+        s = self.sizes
         config = os.path.join(self.out_dir, "work", "train_config.json")
         cmd = [sys.executable, os.path.join(REPO, "train.py"), f"--outdir={os.path.join(self.out_dir, 'work')}",
-               f"--cfg={s['cfg']}", f"--data={data}", f"--batch={s['batch']}", f"--ngf={s['ngf']}",
+               f"--cfg={s['cfg']}", f"--data={self.dataset()}", f"--batch={s['batch']}", f"--ngf={s['ngf']}",
                "--metrics=none", "--workers=2", f"--device={s['device']}", "--dry-run"]
         if s["feat_res"]:
             cmd.append(f"--feat-res={s['feat_res']}")
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=max(budget, 1))
         text = proc.stdout
         if proc.returncode != 0 or "Training options:" not in text:
-            return dict(status="failed", reason="train.py --dry-run: " + (proc.stderr.strip().splitlines() or
-                                                                           ["no options printed"])[-1])
+            return None, "train.py --dry-run: " + (proc.stderr.strip().splitlines() or ["no options printed"])[-1]
         # The JSON object follows "Training options:" up to the first line that is not part of it.
         body = text.split("Training options:", 1)[1]
         config_obj, _ = json.JSONDecoder().raw_decode(body.strip())
-        with open(config, "w", encoding="utf-8") as f:
-            json.dump(config_obj, f)
+        util.atomic_write(config, lambda f: f.write(json.dumps(config_obj).encode("utf-8")))
+        return config, None
+
+    def train(self, budget):
+        s = self.sizes
+        config, reason = self.write_config(budget)
+        if config is None:
+            return dict(status="failed", reason=reason)
         out = dict(status="ok", cfg=s["cfg"], res=s["res"], batch=s["batch"])
         for variant in TIMED_VARIANTS:
             left = self.remaining() - self.reserve("train")
@@ -321,12 +350,23 @@ class Check:
         return self.run_worker("d_step", dict(sizes=self.sizes), budget)
 
     def fid(self, budget):
+        t0 = time.time()
         train = self.data["steps"].get("train", {})
-        snap = (train.get("fast") or {}).get("snapshot")
+        snap, source = (train.get("fast") or {}).get("snapshot"), "train"
         if not snap or not os.path.isfile(snap):
-            return dict(status="skipped", reason="no snapshot from the train step")
+            # The train step did not run here or its files are gone (a fresh machine): time the metric on an
+            # untrained generator of the same architecture instead, so the step never depends on an earlier one.
+            config, reason = self.write_config(budget)
+            if config is None:
+                return dict(status="failed", reason=reason)
+            snap, source = os.path.join(self.out_dir, "work", "fresh-generator.pt"), "fresh"
+            r = self.run_worker("fresh_snapshot", dict(sizes=self.sizes, config=config, path=snap),
+                                max(budget - (time.time() - t0), 1))
+            if r.get("status") != "ok":
+                return dict(status="failed", reason=f"fresh generator snapshot: {r.get('reason')}")
         s = self.sizes
-        data = os.path.join(self.out_dir, "work", f"data{s['res']}")
+        data = self.dataset()
+        budget = max(budget - (time.time() - t0), 1)
         cmd = [sys.executable, os.path.join(REPO, "calc_metrics.py"), f"--metrics={s['metric']}",
                f"--network={snap}", f"--data={data}", "--quiet", f"--device={s['device']}",
                f"--run-dir={os.path.join(self.out_dir, 'work')}"]
@@ -339,8 +379,8 @@ class Check:
         path = os.path.join(self.out_dir, "work", f"metric-{s['metric']}.jsonl")
         with open(path, encoding="utf-8") as f:
             line = json.loads(f.read().strip().splitlines()[-1])
-        return dict(status="ok", metric=s["metric"], value=line["results"][s["metric"]],
-                    metric_seconds=line.get("total_time"))
+        return dict(status="ok", metric=s["metric"], value=line["results"][s["metric"]], snapshot=snap,
+                    snapshot_source=source, metric_seconds=line.get("total_time"))
 
 
 def main(argv=None):

@@ -61,6 +61,7 @@ def test_dry_run_records_every_step(dry_run):
     fid = steps["fid"]
     assert fid["status"] == "ok" and fid["metric"] == "fid8_full"
     assert 0 < fid["value"] < 1e4
+    assert fid["snapshot_source"] == "train" and fid["snapshot"] == train["fast"]["snapshot"]
     assert "Wrote " in stdout
     assert not [n for n in os.listdir(dry_run[0]) if n.endswith(".tmp")]  # atomic writes leave no temp file
 
@@ -73,6 +74,22 @@ def test_rerun_is_idempotent_and_skips_recorded_steps(dry_run):
     with open(out / "gpu_check.json", encoding="utf-8") as f:
         after = json.load(f)
     assert after["steps"] == before["steps"]
+
+
+def test_fid_step_alone_measures_a_fresh_generator(tmp_path):
+    """On a fresh machine the train step's snapshot is not there (the first H200 rerun skipped the FID for that):
+    the FID step builds an untrained generator of the same architecture and times the metric on it."""
+    proc = run("--dry-run", f"--out={tmp_path}", "--steps=fid")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with open(tmp_path / "gpu_check.json", encoding="utf-8") as f:
+        steps = json.load(f)["steps"]
+    assert list(steps) == ["fid"]
+    fid = steps["fid"]
+    assert fid["status"] == "ok" and fid["snapshot_source"] == "fresh" and 0 < fid["value"] < 1e4
+    from training.generation import load_network
+
+    G = load_network(fid["snapshot"])
+    assert (G.img_resolution, G.img_channels, G.c_dim) == (32, 3, 0)
 
 
 @pytest.mark.parametrize("args, message", [
