@@ -822,5 +822,24 @@ def main(**kwargs):
                                            f"(see the messages above)") from None
 
 
+def script_options(**overrides):
+    """(opts, given) as `main` would see them for a command line that sets exactly `overrides`, for scripts that
+    build the training config without one (`build_config(opts, given, world_size)`, e.g. the benchmarks).
+
+    The defaults come from the click options themselves, so such scripts stay in step when an option is added.
+    The required options get placeholders unless overridden; an override of None counts as not set (the option keeps
+    its default). An unknown name raises TypeError.
+    """
+    names = {p.name for p in main.params}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise TypeError(f"script_options: train.py has no option(s) {', '.join(unknown)}")
+    placeholders = ["--outdir=.", "--cfg=fastgan", "--data=.", "--batch=1"]
+    with main.make_context("train.py", placeholders) as ctx:
+        opts = util.EasyDict(ctx.params)
+    opts.update({k: v for k, v in overrides.items() if v is not None})
+    return opts, lambda name: overrides.get(name) is not None
+
+
 if __name__ == "__main__":
     main()

@@ -45,19 +45,17 @@ def worker(args):
     import torch
 
     import train
-    from torch_utils import util
     from training.training_loop import training_loop
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    opts = util.EasyDict(
-        cfg=args.cfg, loss=args.loss, data=args.data, batch=args.batch, batch_gpu=None, kimg=1, tick=1, snap=1,
-        img_snap=None, seed=0, mirror=False, cond=False, glr=None, dlr=None, ema_kimg=None, ema_rampup=None,
-        r1_gamma=None, cbase=args.cbase, cmax=512, map_depth=None, ngf=args.ngf, backbone="tf_efficientnet_lite0",
-        backbone_weights=None, feat_res=args.feat_res if args.loss == "projected" else None, fp32=args.fp32,
-        metrics=[], workers=args.workers, grid=None, desc=None, reuse_fakes=True, proj_type=2, num_discs=4, keep=0,
-    )
-    given = lambda name: name == "feat_res" and opts.feat_res is not None
+    # Each combination gets only the widths that apply to it (train.py rejects the others).
+    sg2_nets = args.cfg == "stylegan2" or args.loss == "stylegan2"
+    opts, given = train.script_options(
+        cfg=args.cfg, loss=args.loss, data=args.data, batch=args.batch, fp32=args.fp32, metrics=[],
+        workers=args.workers, cbase=args.cbase if sg2_nets else None,
+        ngf=args.ngf if args.cfg != "stylegan2" else None,
+        feat_res=args.feat_res if args.loss == "projected" else None)
     c = train.build_config(opts, given, world_size=1)
     if c.loss_kwargs["class_name"] == "training.loss.StyleGAN2Loss":
         c.loss_kwargs["r1_gamma"] = 0.0002 * args.res ** 2 / args.batch

@@ -151,6 +151,32 @@ def test_reuse_fakes_and_the_paper_ablation_switches(tmp_path, data):
     assert config["D_kwargs"]["proj_type"] == 0 and config["D_kwargs"]["num_discs"] == 2
 
 
+@pytest.mark.parametrize("cfg, loss, extra", [
+    ("fastgan", "projected", dict(feat_res=64, tf32=True)),
+    ("stylegan2", "stylegan2", dict(cbase=1024, map_depth=2)),
+])
+def test_script_options_build_what_the_command_line_builds(tmp_path, data, cfg, loss, extra):
+    """train.script_options (how benchmarks/ build configs) follows the click options: a script cannot fall
+    behind when an option is added (bench_iteration.py did, when --tf32 came)."""
+    flags = [f"--{k.replace('_', '-')}={int(v) if isinstance(v, bool) else v}" for k, v in extra.items()]
+    result = run_cli([f"--outdir={tmp_path}", f"--cfg={cfg}", f"--loss={loss}", f"--data={data['plain']}",
+                      "--batch=8", *flags, "--dry-run"])
+    assert result.exit_code == 0, result.output
+    text = result.output
+    printed = json.loads(text[text.index("{"): text.index("\n}\n") + 2])
+    opts, given = train.script_options(outdir=str(tmp_path), cfg=cfg, loss=loss, data=data["plain"], batch=8, **extra)
+    assert given("batch") and not given("glr")
+    built = json.loads(json.dumps(train.build_config(opts, given, world_size=1)))
+    for c in (printed, built):  # main() fills these in after build_config (and the dataset's resolution etc.)
+        c.pop("resume", None)
+        c["loss_kwargs"].pop("r1_gamma", None)
+    data_built, data_printed = built.pop("training_set_kwargs"), printed.pop("training_set_kwargs")
+    assert data_built.items() <= data_printed.items() and data_built["path"] == data["plain"]
+    assert built == printed
+    with pytest.raises(TypeError, match="no option.*warp"):
+        train.script_options(warp=1)
+
+
 def test_dry_run_baseline_defaults(tmp_path, data):
     result = run_cli([f"--outdir={tmp_path}", "--cfg=stylegan2", "--loss=stylegan2", f"--data={data['plain']}",
                       "--batch=8", "--dry-run", "--metrics=none"])
