@@ -16,9 +16,15 @@ hits all alike and the ratios come from the same run):
                   its up-blocks upsample, then convolve, as FastGAN's own code does
     twice_phase   twice, with the up-block fusion of earlier builds of this repo (four 2x2 phase convolutions,
                   interleaved by stack/reshape)
-    twice         twice, with the current fusion (one stride-2 transposed convolution)
-    reuse         the D phase reuses the G phase's fakes, detached (reuse_fakes=True): train.py's default
+    twice         twice, with the fusion of 2026-12-03 (one stride-2 transposed convolution in every block)
+    reuse_fused   the D phase reuses the G phase's fakes, detached (reuse_fakes=True), up-blocks as `twice`:
+                  the default of 2026-12-03
+    reuse         the current default: reuse_fakes + sn_conv3x3's per-layer choice (unfused 4 -> 8 block; 1/sigma
+                  on the output of the low-resolution layers instead of on their weight)
     reuse_cl      reuse + the generator's weights and activations in channels_last
+
+The fixed up-block variants (naive, phase, fused) normalise the weight (W / sigma) in every layer, as earlier
+builds and torch's spectral-norm parametrisation do.
 
 img/s = batch / iteration time. `--clock cpu` = this process's CPU time (use with --threads 1 on a shared
 machine); `--clock wall` = elapsed time (CUDA: synchronised).
@@ -51,8 +57,9 @@ VARIANTS = {
     "twice_naive": dict(reuse_fakes=False, g_channels_last=False, up_conv="naive"),
     "twice_phase": dict(reuse_fakes=False, g_channels_last=False, up_conv="phase"),
     "twice": dict(reuse_fakes=False, g_channels_last=False, up_conv="fused"),
-    "reuse": dict(reuse_fakes=True, g_channels_last=False, up_conv="fused"),
-    "reuse_cl": dict(reuse_fakes=True, g_channels_last=True, up_conv="fused"),
+    "reuse_fused": dict(reuse_fakes=True, g_channels_last=False, up_conv="fused"),
+    "reuse": dict(reuse_fakes=True, g_channels_last=False, up_conv="auto"),
+    "reuse_cl": dict(reuse_fakes=True, g_channels_last=True, up_conv="auto"),
 }
 
 
@@ -77,27 +84,30 @@ def phase_up_conv(x, weight):
 UP_CONVS = dict(naive=naive_up_conv, phase=phase_up_conv, fused=networks_fastgan.upsample2x_conv3x3)
 
 
+def fixed_sn_conv3x3(kind):
+    """networks_fastgan.sn_conv3x3 with one up-block implementation for every layer and W / sigma (same function)."""
+    def sn_conv3x3(conv, x, up=False):
+        weight = conv.weight / conv.sigma()
+        return UP_CONVS[kind](x, weight) if up else F.conv2d(x, weight, padding=1)
+    return sn_conv3x3
+
+
 @contextlib.contextmanager
 def up_conv(kind):
-    """Run the FastGAN up-blocks with the given upsample+conv implementation (same function, other ops)."""
-    saved = networks_fastgan.upsample2x_conv3x3
-    networks_fastgan.upsample2x_conv3x3 = UP_CONVS[kind]
+    """Run the FastGAN up-blocks with the given implementation ('auto': the network's own choice)."""
+    saved = networks_fastgan.sn_conv3x3
+    if kind != "auto":
+        networks_fastgan.sn_conv3x3 = fixed_sn_conv3x3(kind)
     try:
         yield
     finally:
-        networks_fastgan.upsample2x_conv3x3 = saved
+        networks_fastgan.sn_conv3x3 = saved
 
 
 def resolved_config(args):
     """train.py's configuration for --cfg at --res/--batch (projected loss), as plain dicts."""
-    opts = util.EasyDict(
-        cfg=args.cfg, loss="projected", data=None, batch=args.batch, batch_gpu=None, kimg=1, tick=1, snap=1,
-        img_snap=None, seed=0, mirror=False, cond=False, glr=None, dlr=None, ema_kimg=None, ema_rampup=None,
-        r1_gamma=None, cbase=32768, cmax=512, map_depth=None, ngf=args.ngf or 128, backbone="tf_efficientnet_lite0",
-        backbone_weights=None, feat_res=args.feat_res, fp32=False, metrics=[], workers=0, grid=None, desc=None,
-        keep=0, reuse_fakes=True, proj_type=2, num_discs=4,
-    )
-    given = lambda name: name == "feat_res" and opts.feat_res is not None
+    opts, given = train.script_options(cfg=args.cfg, batch=args.batch, ngf=args.ngf, feat_res=args.feat_res,
+                                       metrics=[], workers=0)
     return train.build_config(opts, given, world_size=1)
 
 

@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 
+from projector_plugin.spectral_norm import SNConv2d
 from training import networks_fastgan
 from training.networks_fastgan import Generator
 
@@ -69,7 +70,7 @@ def test_channel_table_and_block_structure():
     # every conv is spectrally normalised
     for m in G.modules():
         if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear)):
-            assert torch.nn.utils.parametrize.is_parametrized(m, "weight"), m
+            assert isinstance(m, SNConv2d) or torch.nn.utils.parametrize.is_parametrized(m, "weight"), m
 
 
 def test_sle_pairs_follow_fastgan():
@@ -207,6 +208,48 @@ def test_fused_upsample_conv_equals_nearest_upsample_then_conv():
         dy = torch.randn(ref.shape, dtype=torch.float64, generator=g)
         for a, b in zip(torch.autograd.grad(got, [x, w], dy), torch.autograd.grad(ref, [x, w], dy)):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize('n, channels, hw, up, fused, scale_output', [
+    (1, (40, 2), 3, True, False, True),    # few positions, weight larger than the output: the 4 -> 8 block
+    (1, (2, 3), 4, True, False, False),
+    (2, (2, 3), 12, True, True, False),    # many positions (288), small weight: the high-resolution blocks
+    (1, (120, 2), 16, True, True, True),   # fused, and the output (1 x 2 x 32 x 32) still smaller than W
+    (2, (3, 4), 5, False, False, False),   # the second conv of a block
+    (1, (40, 40), 3, False, False, True),
+])
+def test_sn_conv3x3_paths_compute_the_same_function(n, channels, hw, up, fused, scale_output):
+    """Each way sn_conv3x3 can take equals upsample-then-conv with W / sigma(W), values and gradients (float64)."""
+    torch.manual_seed(0)
+    conv = networks_fastgan.conv3x3(*channels).double().eval()  # eval: sigma from the stored u, v (no update)
+    x = torch.randn([n, channels[0], hw, hw], dtype=torch.float64, requires_grad=True)
+    out_numel = n * conv.out_channels * hw * hw * (4 if up else 1)
+    assert (out_numel < conv.weight.numel()) == scale_output
+    assert (up and n * hw * hw >= networks_fastgan.FUSED_UP_MIN_POSITIONS) == fused
+    got = networks_fastgan.sn_conv3x3(conv, x, up=up)
+    w = conv.weight / conv.sigma()
+    ref = _naive_up_block_conv(x, w) if up else torch.nn.functional.conv2d(x, w, padding=1)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    dy = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(got, [x, conv.weight], dy), torch.autograd.grad(ref, [x, conv.weight], dy)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_init_and_state_dicts_match_the_torch_parametrisation():
+    """SNConv draws its weight and power-iteration vectors as `_sn` + torch's spectral_norm did, so seeds give the
+    networks they gave before; and a state dict written with the parametrisation (older snapshots) loads."""
+    torch.manual_seed(7)
+    ref = networks_fastgan._sn(torch.nn.Conv2d(6, 10, 3, 1, 1, bias=False))
+    torch.manual_seed(7)
+    conv = networks_fastgan.conv3x3(6, 10)
+    torch.testing.assert_close(conv.weight, ref.parametrizations.weight.original, rtol=0, atol=0)
+    torch.testing.assert_close(conv.u, ref.parametrizations.weight[0]._u, rtol=0, atol=1e-7)
+    torch.testing.assert_close(conv.v, ref.parametrizations.weight[0]._v, rtol=0, atol=1e-7)
+    x = torch.randn(2, 6, 5, 5)
+    torch.testing.assert_close(conv.eval()(x), ref.eval()(x), rtol=1e-5, atol=1e-6)
+    fresh = networks_fastgan.conv3x3(6, 10)
+    fresh.load_state_dict(ref.state_dict())
+    assert torch.equal(fresh.weight, conv.weight) and torch.equal(fresh.u, ref.parametrizations.weight[0]._u)
 
 
 @pytest.mark.parametrize('lite', [False, True])

@@ -17,7 +17,10 @@ Architecture, from 4x4 up to the output resolution R:
     conv3x3 -> tanh                                                           (ToRGB)
 
 Every conv / transposed conv / linear layer is spectrally normalised, as in FastGAN (the
-generator too, not only the discriminator).
+generator too, not only the discriminator). The convolutions use projector_plugin's SNConv2d,
+which keeps W unnormalised, so each layer divides whichever is smaller by sigma(W): the weight
+of the high-resolution layers, the output of the low-resolution, wide ones (a 2048 x 1024 x 3 x 3
+weight at 8x8 has 18x more elements than its output at batch 8).
 """
 
 import numpy as np
@@ -26,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrizations
 
+from projector_plugin.spectral_norm import SNConv2d
 from training.layers import normalize_2nd_moment
 
 # Channel multipliers of ngf per resolution: FastGAN's table (nfc_multi).
@@ -67,8 +71,53 @@ def _sn(module):
     return parametrizations.spectral_norm(module)
 
 
+class SNConv(SNConv2d):
+    """Bias-free spectrally normalised conv with FastGAN's init, W ~ N(0, 0.02).
+
+    The weight is drawn in reset_parameters, before SNConv2d draws its power-iteration vectors, which is
+    the order of `_sn` + torch's parametrisation: a seed gives the same initial weights and u, v as the
+    generator had with that parametrisation, whose state dicts (snapshots) it also loads.
+    forward(x [N, I, H, W]) -> conv(x, W) / sigma(W): [N, O, H', W'].
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, padding=0):
+        super().__init__(in_channels, out_channels, kernel_size, 1, padding, bias=False)
+
+    def reset_parameters(self):
+        super().reset_parameters()  # nn.Conv2d's draw first, as before (it keeps the RNG stream unchanged)
+        with torch.no_grad():
+            self.weight.normal_(0.0, 0.02)
+
+
 def conv3x3(in_channels, out_channels):
-    return _sn(nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=False))
+    return SNConv(in_channels, out_channels, 3, padding=1)
+
+
+# Below this many input positions (N * H * W) an up-block upsamples, then convolves, instead of running the
+# fused transposed convolution: the fused 4x4 kernel is built from the weight on every call and its backward is
+# slow when the image is tiny, which costs more than the FLOPs it saves (1 CPU thread, batch 8: the 4 -> 8 block
+# of FastGAN-256 takes 1.5 s forward + backward unfused, 3.5 s fused; from 16x16 on the fused one is faster).
+FUSED_UP_MIN_POSITIONS = 256
+
+
+def sn_conv3x3(conv, x, up=False):
+    """conv (a 3x3 SNConv) of x, after nearest x2 upsampling when `up`: [N, I, H, W] -> [N, O, H', W'].
+
+    The same function, computed the cheapest way for the shapes: 1/sigma scales the output when it has fewer
+    elements than the weight, else the weight; the upsampling is fused into the conv (upsample2x_conv3x3) unless
+    the input has fewer than FUSED_UP_MIN_POSITIONS positions.
+    """
+    n, _, h, w = x.shape
+    sigma = conv.sigma()  # once per call: in training mode this runs the power iteration
+    scale_output = n * conv.out_channels * h * w * (4 if up else 1) < conv.weight.numel()
+    weight = conv.weight if scale_output else conv.weight / sigma.to(conv.weight.dtype)
+    if not up:
+        y = F.conv2d(x, weight, padding=1)
+    elif n * h * w < FUSED_UP_MIN_POSITIONS:
+        y = F.conv2d(F.interpolate(x, scale_factor=2, mode='nearest'), weight, padding=1)
+    else:
+        y = upsample2x_conv3x3(x, weight)
+    return y * (1 / sigma).to(y.dtype) if scale_output else y
 
 
 def upsample2x_conv3x3(x, weight):
@@ -145,8 +194,9 @@ class UpBlock(nn.Module):
     """[N, Cin, r/2, r/2] -> [N, Cout, r, r]: nearest x2, then `num_convs` x (conv, noise, BN, GLU).
 
     num_convs=2 is FastGAN's "comp" block; num_convs=1 the single-conv block of the lite model.
-    Nearest upsampling (not a transposed conv) avoids checkerboard artefacts; it is fused with the
-    first conv (upsample2x_conv3x3), which computes the same function with fewer operations.
+    Nearest upsampling (not a transposed conv) avoids checkerboard artefacts; from 16x16 on it is fused
+    with the first conv (upsample2x_conv3x3), which computes the same function with fewer operations
+    (sn_conv3x3 chooses).
     """
 
     def __init__(self, in_channels, out_channels, resolution, num_convs=2, use_noise=True):
@@ -163,7 +213,7 @@ class UpBlock(nn.Module):
 
     def forward(self, x, noise_mode='random'):
         for i, (conv, noise, norm) in enumerate(zip(self.convs, self.noises, self.norms)):
-            x = upsample2x_conv3x3(x, conv.weight) if i == 0 else conv(x)
+            x = sn_conv3x3(conv, x, up=i == 0)
             if self.use_noise:
                 x = noise(x, noise_mode=noise_mode)
             x = self.act(norm(x))
@@ -183,9 +233,9 @@ class SkipLayerExcitation(nn.Module):
         super().__init__()
         self.gate = nn.Sequential(
             nn.AdaptiveAvgPool2d(4),
-            _sn(nn.Conv2d(small_channels, big_channels, 4, 1, 0, bias=False)),
+            SNConv(small_channels, big_channels, 4),
             nn.SiLU(),
-            _sn(nn.Conv2d(big_channels, big_channels, 1, 1, 0, bias=False)),
+            SNConv(big_channels, big_channels, 1),
             nn.Sigmoid(),
         )
 
@@ -266,7 +316,7 @@ class FastganSynthesis(nn.Module):
         self.sle_pairs = sle_pairs(img_resolution)
         self.sle = nn.ModuleDict({str(t): SkipLayerExcitation(channels_at(s, ngf), channels_at(t, ngf))
                                   for s, t in self.sle_pairs})
-        self.to_rgb = _sn(nn.Conv2d(channels_at(img_resolution, ngf), img_channels, 3, 1, 1, bias=False))
+        self.to_rgb = SNConv(channels_at(img_resolution, ngf), img_channels, 3, padding=1)
 
     def forward(self, ws, noise_mode='random', update_emas=False, force_fp32=False, fused_modconv=None):
         """ws: [N, num_ws, w_dim]; only the first w is used (FastGAN has one latent input).
