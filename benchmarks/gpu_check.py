@@ -154,14 +154,15 @@ def worker_fresh_snapshot(a):
     """A lean snapshot of an untrained generator of the train step's architecture (for the FID step's timing)."""
     import torch
 
+    import train
     from torch_utils import util
     from training.snapshot import save_snapshot
 
     s = a["sizes"]
-    with open(a["config"], encoding="utf-8") as f:
-        c = util.EasyDict(json.load(f))
+    opts, given = train.script_options(cfg=s["cfg"], batch=s["batch"], ngf=s["ngf"], feat_res=s["feat_res"])
+    c = train.build_config(opts, given, world_size=1)
     network = dict(c.G_kwargs, c_dim=0, img_resolution=s["res"], img_channels=3)  # make_dataset's images
-    torch.manual_seed(c.get("random_seed", 0))
+    torch.manual_seed(c.random_seed)
     G = util.construct_class_by_name(**network).eval()
     save_snapshot(a["path"], networks=dict(G=network), G=G, G_ema=G)
     return dict(status="ok", snapshot=a["path"])
@@ -312,7 +313,10 @@ class Check:
                "--metrics=none", "--workers=2", f"--device={s['device']}", "--dry-run"]
         if s["feat_res"]:
             cmd.append(f"--feat-res={s['feat_res']}")
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=max(budget, 1))
+        try:
+            proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=max(budget, 1))
+        except subprocess.TimeoutExpired:
+            return None, f"train.py --dry-run timed out after {budget:.0f} s"
         text = proc.stdout
         if proc.returncode != 0 or "Training options:" not in text:
             return None, "train.py --dry-run: " + (proc.stderr.strip().splitlines() or ["no options printed"])[-1]
@@ -351,21 +355,17 @@ class Check:
 
     def fid(self, budget):
         t0 = time.time()
+        data = self.dataset()  # (creates the work folder too)
         train = self.data["steps"].get("train", {})
         snap, source = (train.get("fast") or {}).get("snapshot"), "train"
         if not snap or not os.path.isfile(snap):
             # The train step did not run here or its files are gone (a fresh machine): time the metric on an
             # untrained generator of the same architecture instead, so the step never depends on an earlier one.
-            config, reason = self.write_config(budget)
-            if config is None:
-                return dict(status="failed", reason=reason)
             snap, source = os.path.join(self.out_dir, "work", "fresh-generator.pt"), "fresh"
-            r = self.run_worker("fresh_snapshot", dict(sizes=self.sizes, config=config, path=snap),
-                                max(budget - (time.time() - t0), 1))
+            r = self.run_worker("fresh_snapshot", dict(sizes=self.sizes, path=snap), budget)
             if r.get("status") != "ok":
                 return dict(status="failed", reason=f"fresh generator snapshot: {r.get('reason')}")
         s = self.sizes
-        data = self.dataset()
         budget = max(budget - (time.time() - t0), 1)
         cmd = [sys.executable, os.path.join(REPO, "calc_metrics.py"), f"--metrics={s['metric']}",
                f"--network={snap}", f"--data={data}", "--quiet", f"--device={s['device']}",
