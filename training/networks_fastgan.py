@@ -110,14 +110,14 @@ def sn_conv3x3(conv, x, up=False):
     n, _, h, w = x.shape
     sigma = conv.sigma()  # once per call: in training mode this runs the power iteration
     scale_output = n * conv.out_channels * h * w * (4 if up else 1) < conv.weight.numel()
-    weight = conv.weight if scale_output else conv.weight / sigma.to(conv.weight.dtype)
+    weight = conv.weight if scale_output else conv.weight / sigma
     if not up:
         y = F.conv2d(x, weight, padding=1)
     elif n * h * w < FUSED_UP_MIN_POSITIONS:
         y = F.conv2d(F.interpolate(x, scale_factor=2, mode='nearest'), weight, padding=1)
     else:
         y = upsample2x_conv3x3(x, weight)
-    return y * (1 / sigma).to(y.dtype) if scale_output else y
+    return y * (1 / sigma) if scale_output else y
 
 
 def upsample2x_conv3x3(x, weight):
