@@ -233,15 +233,26 @@ class FeatureStats:
         util.atomic_write(path, lambda f: np.savez(f, **state))
 
     @classmethod
-    def load(cls, path, capture_all, capture_mean_cov, max_items):
+    def load(cls, path, capture_all, capture_mean_cov, max_items, chunk=None):
+        """Read a saved FeatureStats. A file of features alone can serve mean/cov too: they are summed from the
+        features `chunk` rows at a time, the order in which `append` would have summed them batch by batch."""
         stats = cls(capture_all=capture_all, capture_mean_cov=capture_mean_cov, max_items=max_items)
         with np.load(path, allow_pickle=False) as data:
             stats.num_items = int(data["num_items"])
             stats.num_features = int(data["num_features"])
             if capture_all:
                 stats.all_features = [data["all_features"]]
-            if capture_mean_cov:
+            if capture_mean_cov and "raw_mean" in data:
                 stats.raw_mean, stats.raw_cov = data["raw_mean"], data["raw_cov"]
+            elif capture_mean_cov:
+                features = data["all_features"]
+                stats.raw_mean = np.zeros([stats.num_features], dtype=np.float64)
+                stats.raw_cov = np.zeros([stats.num_features, stats.num_features], dtype=np.float64)
+                step = chunk or max(len(features), 1)
+                for start in range(0, len(features), step):
+                    x64 = features[start:start + step].astype(np.float64)
+                    stats.raw_mean += x64.sum(axis=0)
+                    stats.raw_cov += x64.T @ x64
         return stats
 
 
@@ -341,13 +352,15 @@ def compute_feature_stats_for_dataset(opts, detector_name, detector_kwargs=None,
     cache_file = None
     if opts.cache and use_cache and dataset_kwargs.get("path") is not None:
         # A shared evaluation caches features and mean/cov together; a metric that needs only one of them
-        # loads that part of the same file instead of embedding the data again.
-        captures = dict.fromkeys([(capture_all, capture_mean_cov), (True, True)])
+        # loads that part of the same file instead of embedding the data again. Features alone (KID/PR cached
+        # first) also serve mean/cov, summed in the batches a fresh pass would use.
+        captures = [(capture_all, capture_mean_cov), (True, True)] + [(True, False)] * capture_mean_cov
         cache_file, *fallbacks = _stats_cache_paths(opts, dataset_kwargs, detector_name, merged_kwargs, max_items,
-                                                    feature_kind, captures)
+                                                    feature_kind, dict.fromkeys(captures))
         for path in [cache_file] + fallbacks:
             if _broadcast_flag(opts.rank == 0 and os.path.isfile(path), opts):
-                return FeatureStats.load(path, capture_all, capture_mean_cov, max_items)
+                return FeatureStats.load(path, capture_all, capture_mean_cov, max_items,
+                                         chunk=opts.batch_size * opts.num_gpus)
 
     detector = _detector(opts, detector_name, detector_kwargs or {})
     feature_fn = feature_fn or (lambda det, images: det(images))

@@ -367,6 +367,21 @@ def test_per_metric_evaluation_reuses_the_real_statistics_a_shared_one_cached(to
         assert alone["results"] == s["results"], name
 
 
+def test_shared_evaluation_reuses_the_real_features_per_metric_ones_cached(toy, folders, tmp_path):
+    names = ["fid16_full", "kid16_full", "pr16_full"]
+    kw = dict(dataset_kwargs=dict(path=folders["A"]), cache_dir=str(tmp_path), batch_size=8,
+              G_kwargs=dict(noise_mode="const"))
+    fresh = metric_main.calc_metrics(names, G=ToyGenerator(), **dict(kw, cache=False))
+    for name in names[1:]:  # KID and PR cache the real features alone (no mean/cov in the file).
+        metric_main.calc_metric(name, G=ToyGenerator(), **kw)
+    # The shared pass needs features and mean/cov; it sums mean/cov from the cached features in the batches a
+    # fresh pass uses, so nothing real is embedded and FID is bit-identical.
+    toy.images = 0
+    shared = metric_main.calc_metrics(names, G=ToyGenerator(), **kw)
+    assert toy.images == 16
+    assert [r["results"] for r in shared] == [r["results"] for r in fresh]
+
+
 def test_shared_evaluation_of_a_second_dataset_equals_per_metric(toy, folders, tmp_path):
     kw = dict(dataset_kwargs=dict(path=folders["A"]), dataset2_kwargs=dict(path=folders["B"]),
               cache_dir=str(tmp_path), batch_size=8, cache=False)
