@@ -245,14 +245,11 @@ class FeatureStats:
             if capture_mean_cov and "raw_mean" in data:
                 stats.raw_mean, stats.raw_cov = data["raw_mean"], data["raw_cov"]
             elif capture_mean_cov:
-                features = data["all_features"]
-                stats.raw_mean = np.zeros([stats.num_features], dtype=np.float64)
-                stats.raw_cov = np.zeros([stats.num_features, stats.num_features], dtype=np.float64)
+                features, summed = data["all_features"], cls(capture_mean_cov=True)
                 step = chunk or max(len(features), 1)
-                for start in range(0, len(features), step):
-                    x64 = features[start:start + step].astype(np.float64)
-                    stats.raw_mean += x64.sum(axis=0)
-                    stats.raw_cov += x64.T @ x64
+                for start in range(0, max(len(features), 1), step):  # (an empty file still sets the shapes)
+                    summed.append(features[start:start + step])
+                stats.raw_mean, stats.raw_cov = summed.raw_mean, summed.raw_cov
         return stats
 
 
