@@ -144,6 +144,10 @@ def build_config(opts: util.EasyDict, given, world_size: int) -> util.EasyDict:
     only_for("proj-type", is_projected, "the projected discriminator (--loss=projected)")
     only_for("num-discs", is_projected, "the projected discriminator (--loss=projected)")
     only_for("r1-gamma", not is_projected, "the StyleGAN2 loss (--loss=stylegan2); Projected GANs use no R1")
+    only_for("blur-sigma", is_projected, "the projected loss (--loss=projected)")
+    if opts.g_arch not in ("default", "official"):
+        _fail("g-arch", f"must be 'default' or 'official', got {opts.g_arch!r}")
+    official_G = opts.g_arch == "official"
 
     # Batch split.
     if opts.batch < 1:
@@ -178,7 +182,9 @@ def build_config(opts: util.EasyDict, given, world_size: int) -> util.EasyDict:
         map_depth = opts.map_depth if opts.map_depth is not None else (2 if is_projected else 8)
         if map_depth < 1:
             _fail("map-depth", f"must be >= 1, got {map_depth}")
-        c.G_kwargs = dict(class_name="training.networks_stylegan2.Generator", z_dim=512, w_dim=512,
+        # Projected GAN's official StyleGAN2 config uses a smaller latent (z 64, w 128) than StyleGAN2's 512.
+        c.G_kwargs = dict(class_name="training.networks_stylegan2.Generator", z_dim=64 if official_G else 512,
+                          w_dim=128 if official_G else 512,
                           mapping_kwargs=dict(num_layers=map_depth), channel_base=opts.cbase,
                           channel_max=opts.cmax, num_fp16_res=0 if opts.fp32 else 4,
                           conv_clamp=None if opts.fp32 else 256, fused_modconv_default="inference_only")
@@ -188,6 +194,10 @@ def build_config(opts: util.EasyDict, given, world_size: int) -> util.EasyDict:
             _fail("ngf", f"must be positive, got {opts.ngf}")
         c.G_kwargs = dict(class_name="training.networks_fastgan.Generator", z_dim=256, w_dim=256,
                           ngf=opts.ngf, lite=(cfg == "fastgan_lite"))
+        if official_G:
+            from training.networks_fastgan import official_fastgan_kwargs
+
+            c.G_kwargs.update(official_fastgan_kwargs(cfg == "fastgan_lite"))
         default_lr = 0.0002
     for name in ("cbase", "cmax"):
         if opts[name] < 1:
@@ -203,7 +213,9 @@ def build_config(opts: util.EasyDict, given, world_size: int) -> util.EasyDict:
             c.D_kwargs["weights"] = opts.backbone_weights
         if opts.feat_res is not None:
             c.D_kwargs["feat_res"] = opts.feat_res
-        c.loss_kwargs = dict(class_name="projector_plugin.ProjectedGANLoss", blur_init_sigma=2,
+        if not (math.isfinite(opts.blur_sigma) and opts.blur_sigma >= 0):
+            _fail("blur-sigma", f"must be a finite number >= 0, got {opts.blur_sigma}")
+        c.loss_kwargs = dict(class_name="projector_plugin.ProjectedGANLoss", blur_init_sigma=opts.blur_sigma,
                              blur_fade_kimg=opts.batch * 200 / 32, reuse_fakes=bool(opts.reuse_fakes))
         c.G_reg_interval = None
         c.D_reg_interval = None
@@ -397,25 +409,42 @@ def check_resume_compatible(path: str, c: util.EasyDict, common: dict) -> None:
         data = snapshot_lib.load_snapshot(path, mmap=True)
     except snapshot_lib.SnapshotError as err:
         _fail("resume", cli_common.one_line(err))
-    for key in ("G", "G_ema", "D", "progress"):
+    imported = data.get("kind") == "imported"  # a network pickle of the official code or StyleGAN2-ADA/StyleGAN3
+    for key in ("G", "G_ema", "progress") + (() if imported else ("D",)):
         if key not in data:
             _fail("resume", f"'{path}' has no '{key}': it is not a training snapshot")
-    done_nimg = int(data["progress"]["cur_nimg"])
+    done_nimg = 0 if imported else int(data["progress"]["cur_nimg"])
     if done_nimg >= round(c.total_kimg * 1000):
         _fail("kimg", f"'{path}' has already trained for {done_nimg / 1000:g} kimg; --kimg is the total "
                       f"duration of training, so pass more than that to continue")
     for name, current in (("G", {**c.G_kwargs, **common}), ("D", {**c.D_kwargs, **common})):
+        if name not in data["networks"]:  # an imported pickle's D: built new from the options
+            continue
         saved = dict(data["networks"].get(name, {}))
         cur = dict(current)
-        for ignore in ("weights",):  # where the backbone was loaded from does not change its shape
+        # Where the backbone was loaded from does not change its shape; for an imported generator, neither do the
+        # options that only choose how it computes (its own code's defaults for them need not be ours).
+        ignored = ("weights",) + (("fused_modconv_default", "num_fp16_res", "conv_clamp", "init") if imported else ())
+        for ignore in ignored:
             saved.pop(ignore, None)
             cur.pop(ignore, None)
         diff = sorted(k for k in set(saved) | set(cur) if json.dumps(saved.get(k), sort_keys=True)
                       != json.dumps(cur.get(k), sort_keys=True))
         if diff:
             details = "; ".join(f"{k}: snapshot {saved.get(k)!r} vs now {cur.get(k)!r}" for k in diff)
-            _fail("resume", f"'{path}' was trained with a different {name} ({details}); "
-                            f"pass the same --cfg/--loss/--cbase/--ngf/... as the original run")
+            hint = _import_hint(saved) if imported else "the same --cfg/--loss/--cbase/--ngf/... as the original run"
+            _fail("resume", f"'{path}' was trained with a different {name} ({details}); pass {hint}")
+
+
+def _import_hint(spec: dict) -> str:
+    """The train.py options that build the generator of an imported pickle."""
+    if spec.get("class_name", "").endswith("networks_fastgan.Generator"):
+        cfg = "fastgan_lite" if spec.get("lite") else "fastgan"
+        return f"--cfg={cfg} --g-arch=official --ngf={spec.get('ngf')}"
+    mapping = spec.get("mapping_kwargs") or {}
+    arch = "--g-arch=official" if (spec.get("z_dim"), spec.get("w_dim")) == (64, 128) else "--g-arch=default"
+    return (f"--cfg=stylegan2 {arch} --cbase={spec.get('channel_base', 32768)} --cmax={spec.get('channel_max', 512)} "
+            f"--map-depth={mapping.get('num_layers', 8)} (z_dim {spec.get('z_dim')}, w_dim {spec.get('w_dim')})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -718,6 +747,13 @@ class _MetricList(click.ParamType):
 @click.option("--reuse-fakes", help="Projected loss: the D phase trains on the G phase's fakes of the same step "
               "(one generator forward per step instead of two; 0 = draw new fakes, as StyleGAN3's loop does)",
               metavar="BOOL", type=bool, default=True, show_default=True)
+@click.option("--blur-sigma", help="Projected loss: blur of every image D sees at the start (StyleGAN3's sigma), "
+              "fading out over batch*200/32 kimg; 0 = none, as in the official Projected GAN code", metavar="FLOAT",
+              type=float, default=2, show_default=True)
+@click.option("--g-arch", help="Generator variant: 'default' (FastGAN as published: noise, tanh output; StyleGAN2 "
+              "z/w 512) or 'official' (Projected GAN's code: FastGAN-lite without noise, linear output with bias, "
+              "PyTorch init; StyleGAN2 z 64, w 128): train and import its models like-for-like",
+              type=click.Choice(["default", "official"]), default="default", show_default=True)
 @click.option("--fp32", help="Disable mixed precision (StyleGAN2 fp16 layers, bf16 feature network on CUDA)",
               metavar="BOOL", type=bool, default=False, show_default=True)
 @click.option("--tf32", help="Allow TF32 tensor cores for float32 convolutions and matmuls on CUDA (faster on "

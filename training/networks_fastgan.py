@@ -59,15 +59,17 @@ def sle_pairs(img_resolution):
     return [(max(t // _SLE_RATIO, 4), t) for t in targets]
 
 
-def _sn(module):
-    """DCGAN-style init, then spectral normalisation (one power iteration per training forward).
+def _sn(module, init='fastgan'):
+    """DCGAN-style init (init='fastgan'; 'torch' keeps PyTorch's default), then spectral normalisation (one
+    power iteration per training forward).
 
     The weight is initialised *before* the parametrisation is attached because attaching it
     runs the power iteration that estimates sigma; re-initialising afterwards would leave a
     stale estimate in eval-mode copies (G_ema) until the first training step.
     """
-    with torch.no_grad():
-        module.weight.normal_(0.0, 0.02)
+    if init == 'fastgan':
+        with torch.no_grad():
+            module.weight.normal_(0.0, 0.02)
     return parametrizations.spectral_norm(module)
 
 
@@ -80,17 +82,34 @@ class SNConv(SNConv2d):
     forward(x [N, I, H, W]) -> conv(x, W) / sigma(W): [N, O, H', W'].
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size, padding=0):
-        super().__init__(in_channels, out_channels, kernel_size, 1, padding, bias=False)
+    torch_init = False  # True (SNConvTorchInit): keep nn.Conv2d's default init, as Projected GAN's FastGAN does
+
+    def __init__(self, in_channels, out_channels, kernel_size, padding=0, bias=False):
+        super().__init__(in_channels, out_channels, kernel_size, 1, padding, bias=bias)
 
     def reset_parameters(self):
         super().reset_parameters()  # nn.Conv2d's draw first, as before (it keeps the RNG stream unchanged)
-        with torch.no_grad():
-            self.weight.normal_(0.0, 0.02)
+        if not self.torch_init:
+            with torch.no_grad():
+                self.weight.normal_(0.0, 0.02)
+                if self.bias is not None:
+                    self.bias.zero_()
 
 
-def conv3x3(in_channels, out_channels):
-    return SNConv(in_channels, out_channels, 3, padding=1)
+class SNConvTorchInit(SNConv):
+    """SNConv with nn.Conv2d's default (Kaiming-uniform) init, the init of Projected GAN's FastGAN."""
+
+    torch_init = True
+
+
+def _conv_class(init):
+    if init not in ('fastgan', 'torch'):
+        raise ValueError(f"FastGAN: init must be 'fastgan' or 'torch', got {init!r}")
+    return SNConv if init == 'fastgan' else SNConvTorchInit
+
+
+def conv3x3(in_channels, out_channels, init='fastgan'):
+    return _conv_class(init)(in_channels, out_channels, 3, padding=1)
 
 
 # Below this many input positions (N * H * W) an up-block upsamples, then convolves, instead of running the
@@ -179,9 +198,9 @@ class NoiseInjection(nn.Module):
 class InitLayer(nn.Module):
     """w [N, w_dim] -> features [N, C, 4, 4]: transposed 4x4 conv from a 1x1 "image", BN, GLU."""
 
-    def __init__(self, w_dim, channels):
+    def __init__(self, w_dim, channels, init='fastgan'):
         super().__init__()
-        self.conv = _sn(nn.ConvTranspose2d(w_dim, channels * 2, 4, 1, 0, bias=False))
+        self.conv = _sn(nn.ConvTranspose2d(w_dim, channels * 2, 4, 1, 0, bias=False), init)
         self.norm = nn.BatchNorm2d(channels * 2)
         self.act = GLU()
 
@@ -199,13 +218,13 @@ class UpBlock(nn.Module):
     (sn_conv3x3 chooses).
     """
 
-    def __init__(self, in_channels, out_channels, resolution, num_convs=2, use_noise=True):
+    def __init__(self, in_channels, out_channels, resolution, num_convs=2, use_noise=True, init='fastgan'):
         super().__init__()
         self.convs = nn.ModuleList()
         self.noises = nn.ModuleList()
         self.norms = nn.ModuleList()
         for i in range(num_convs):
-            self.convs.append(conv3x3(in_channels if i == 0 else out_channels, out_channels * 2))
+            self.convs.append(conv3x3(in_channels if i == 0 else out_channels, out_channels * 2, init))
             self.noises.append(NoiseInjection(resolution) if use_noise else nn.Identity())
             self.norms.append(nn.BatchNorm2d(out_channels * 2))
         self.act = GLU()
@@ -229,13 +248,14 @@ class SkipLayerExcitation(nn.Module):
     low-resolution content (layout) modulates the high-resolution style.
     """
 
-    def __init__(self, small_channels, big_channels):
+    def __init__(self, small_channels, big_channels, init='fastgan'):
         super().__init__()
+        conv = _conv_class(init)
         self.gate = nn.Sequential(
             nn.AdaptiveAvgPool2d(4),
-            SNConv(small_channels, big_channels, 4),
+            conv(small_channels, big_channels, 4),
             nn.SiLU(),
-            SNConv(big_channels, big_channels, 1),
+            conv(big_channels, big_channels, 1),
             nn.Sigmoid(),
         )
 
@@ -299,24 +319,27 @@ class FastganMapping(nn.Module):
 
 
 class FastganSynthesis(nn.Module):
-    """ws [N, 1, w_dim] -> img [N, img_channels, R, R] in [-1, 1]."""
+    """ws [N, 1, w_dim] -> img [N, img_channels, R, R]: in [-1, 1] (tanh), or unbounded with tanh=False."""
 
-    def __init__(self, w_dim, img_resolution, img_channels, ngf=128, lite=False):
+    def __init__(self, w_dim, img_resolution, img_channels, ngf=128, lite=False, noise=True, tanh=True,
+                 rgb_bias=False, init='fastgan'):
         super().__init__()
         self.w_dim, self.img_resolution, self.img_channels = w_dim, img_resolution, img_channels
         self.ngf, self.lite = ngf, lite
+        self.noise, self.tanh, self.rgb_bias, self.init_scheme = bool(noise), bool(tanh), bool(rgb_bias), init
         self.num_ws = 1
         self.resolutions = [2 ** i for i in range(3, int(np.log2(img_resolution)) + 1)]
 
-        self.init = InitLayer(w_dim, channels_at(4, ngf))
+        self.init = InitLayer(w_dim, channels_at(4, ngf), init)
         self.blocks = nn.ModuleDict()
         for res in self.resolutions:
             self.blocks[str(res)] = UpBlock(channels_at(res // 2, ngf), channels_at(res, ngf), res,
-                                            num_convs=1 if lite else 2)
+                                            num_convs=1 if lite else 2, use_noise=self.noise, init=init)
         self.sle_pairs = sle_pairs(img_resolution)
-        self.sle = nn.ModuleDict({str(t): SkipLayerExcitation(channels_at(s, ngf), channels_at(t, ngf))
+        self.sle = nn.ModuleDict({str(t): SkipLayerExcitation(channels_at(s, ngf), channels_at(t, ngf), init)
                                   for s, t in self.sle_pairs})
-        self.to_rgb = SNConv(channels_at(img_resolution, ngf), img_channels, 3, padding=1)
+        self.to_rgb = _conv_class(init)(channels_at(img_resolution, ngf), img_channels, 3, padding=1,
+                                        bias=self.rgb_bias)
 
     def forward(self, ws, noise_mode='random', update_emas=False, force_fp32=False, fused_modconv=None):
         """ws: [N, num_ws, w_dim]; only the first w is used (FastGAN has one latent input).
@@ -336,11 +359,13 @@ class FastganSynthesis(nn.Module):
             if res in sle_sources:
                 x = self.sle[str(res)](feats[sle_sources[res]], x)
             feats[res] = x
-        return torch.tanh(self.to_rgb(x))
+        img = self.to_rgb(x)
+        return torch.tanh(img) if self.tanh else img
 
     def extra_repr(self):
         return (f'w_dim={self.w_dim}, img_resolution={self.img_resolution}, img_channels={self.img_channels}, '
-                f'ngf={self.ngf}, lite={self.lite}')
+                f'ngf={self.ngf}, lite={self.lite}, noise={self.noise}, tanh={self.tanh}, rgb_bias={self.rgb_bias}, '
+                f'init={self.init_scheme!r}')
 
 
 class Generator(nn.Module):
@@ -357,10 +382,16 @@ class Generator(nn.Module):
                         128:1, 256:1/2, 512:1/4, 1024:1/8}[r].
         lite:           single-conv up-blocks (Projected GAN's 'fastgan_lite' config) instead of
                         the two-conv "comp" blocks.
+        noise, tanh, rgb_bias, init: noise injection in the up-blocks, tanh on the output, a bias in
+                        the last conv, and 'fastgan' (N(0, 0.02) weights, BN gammas N(1, 0.02)) or
+                        'torch' (PyTorch's default) init. The defaults are FastGAN's; Projected GAN's
+                        official generator is `official_fastgan_kwargs(lite)`: no noise in the lite
+                        blocks, a linear output with bias, PyTorch's init (its pickles import into it,
+                        see training/pickle_import.py).
     """
 
     def __init__(self, z_dim=256, c_dim=0, w_dim=256, img_resolution=256, img_channels=3, mapping_kwargs={},
-                 ngf=128, lite=False, **synthesis_kwargs):
+                 ngf=128, lite=False, noise=True, tanh=True, rgb_bias=False, init='fastgan', **synthesis_kwargs):
         super().__init__()
         if img_resolution not in (32, 64, 128, 256, 512, 1024):
             raise ValueError(f'FastGAN: img_resolution must be a power of two in 32..1024, got {img_resolution}')
@@ -372,16 +403,26 @@ class Generator(nn.Module):
             raise TypeError(f'FastGAN Generator: unknown synthesis arguments {sorted(synthesis_kwargs)}')
         self.z_dim, self.c_dim, self.w_dim = z_dim, c_dim, w_dim
         self.img_resolution, self.img_channels = img_resolution, img_channels
-        self.synthesis = FastganSynthesis(w_dim, img_resolution, img_channels, ngf=ngf, lite=lite)
+        _conv_class(init)  # validates `init`
+        self.synthesis = FastganSynthesis(w_dim, img_resolution, img_channels, ngf=ngf, lite=lite, noise=noise,
+                                          tanh=tanh, rgb_bias=rgb_bias, init=init)
         self.num_ws = self.synthesis.num_ws
         self.mapping = FastganMapping(z_dim, c_dim, w_dim, **mapping_kwargs)
-        self.apply(_init_batchnorm)
+        if init == 'fastgan':
+            self.apply(_init_batchnorm)
 
     def forward(self, z, c, truncation_psi=1, truncation_cutoff=None, noise_mode='random', update_emas=False,
                 **synthesis_kwargs):
         ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff,
                           update_emas=update_emas)
         return self.synthesis(ws, noise_mode=noise_mode, update_emas=update_emas, **synthesis_kwargs)
+
+
+def official_fastgan_kwargs(lite):
+    """Generator kwargs that make it Projected GAN's official FastGAN (`pg_modules/networks_fastgan.py`) for
+    `--cfg=fastgan` (lite=False) or `fastgan_lite` (lite=True): the same layers, init and output, so the two
+    train alike and its pickles load into it."""
+    return dict(lite=bool(lite), noise=not lite, tanh=False, rgb_bias=True, init='torch')
 
 
 def _init_batchnorm(m):

@@ -447,6 +447,15 @@ def load_snapshot(path: str, map_location: Any = "cpu", mmap: bool = False,
     path = resolve_network_path(path)
     if not os.path.isfile(path):
         raise SnapshotError(f"snapshot '{path}' does not exist")
+    from training import pickle_import  # imports this module: loaded lazily
+
+    if pickle_import.is_network_pickle(path):
+        # A network pickle of the official Projected GAN code or StyleGAN2-ADA/StyleGAN3: imported without running
+        # anything it names (a restricted unpickler with inert stand-ins), then checked like our own files.
+        data = pickle_import.load_as_snapshot(path)
+        for name, spec in data["networks"].items():
+            check_spec(spec, path, extra_classes, what=f"the {name} network")
+        return data
     if not zipfile.is_zipfile(path):
         raise SnapshotError(f"'{path}' is not a snapshot written by torch.save (truncated, damaged or another format)")
     try:

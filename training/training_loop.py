@@ -409,10 +409,16 @@ def _train(*, stop: _StopRequest, run_dir, training_set_kwargs, data_loader_kwar
             for path in snapshot_lib.clean_stale_temp_files(outdir):
                 log(f"Removed a half-written snapshot left by a killed run: {path}")
         resume_data = snapshot_lib.load_snapshot(resume_path, map_location="cpu")
-        for key in ("G", "G_ema", "D", "progress"):
+        imported = resume_data.get("kind") == "imported"
+        for key in ("G", "G_ema", "progress") + (() if imported else ("D",)):
             if key not in resume_data:
                 raise snapshot_lib.SnapshotError(f"'{resume_path}' has no '{key}': it is not a training snapshot")
-        if "G_opt" not in resume_data or "D_opt" not in resume_data:
+        if imported:
+            # A network pickle of another codebase: its generators only, as training from a pretrained G.
+            log(f"Warning: '{resume_path}' is a {resume_data.get('source', 'foreign')} network pickle: G and G_ema "
+                f"come from it, D is new, the optimizers start from zero and images are counted from 0")
+            resume_data["progress"] = {}
+        elif "G_opt" not in resume_data or "D_opt" not in resume_data:
             log(f"Warning: '{resume_path}' is a history snapshot without optimizer state: the optimizers restart "
                 f"from zero (resume from the run's {snapshot_lib.RESUME_STATE_NAME} to continue exactly)")
 
@@ -420,7 +426,7 @@ def _train(*, stop: _StopRequest, run_dir, training_set_kwargs, data_loader_kwar
     log("Loading training set...")
     training_set = util.construct_class_by_name(**training_set_kwargs)
     all_labels = _labels_of(training_set)
-    start_nimg = int(resume_data["progress"]["cur_nimg"]) if resume_data else 0
+    start_nimg = int(resume_data["progress"].get("cur_nimg", 0)) if resume_data else 0
     from training import dataset as dataset_lib  # imported here so stand-in datasets work without it in tests
 
     base_sampler = dataset_lib.InfiniteSampler(dataset=training_set, rank=0, num_replicas=1, shuffle=True,
@@ -466,7 +472,8 @@ def _train(*, stop: _StopRequest, run_dir, training_set_kwargs, data_loader_kwar
     G_ema.requires_grad_(False)
     if resume_data is not None:
         for name, module in (("G", G), ("G_ema", G_ema), ("D", D)):
-            snapshot_lib.load_state(module, resume_data, name, resume_path)
+            if name in resume_data:
+                snapshot_lib.load_state(module, resume_data, name, resume_path)
     # Every rank starts from rank 0's weights (initializations may differ per process).
     for module in (G, D, G_ema):
         dist.broadcast_module(module, src=0)

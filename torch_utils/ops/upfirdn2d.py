@@ -103,7 +103,9 @@ def setup_filter(
     """
     if f is None:
         f = 1
-    f = torch.as_tensor(f, dtype=torch.float32)
+    # Computed on the CPU whatever the default device: a network built under `with torch.device('meta')` (shape
+    # checks without memory) still gets a real, checked filter.
+    f = torch.as_tensor(f, dtype=torch.float32, device="cpu")
     if f.ndim == 0:
         f = f[None]
     if f.ndim not in (1, 2) or f.numel() == 0:
