@@ -167,6 +167,12 @@ def main(metrics, network, data, data2, gpus, batch, device, run_dir, cache_dir,
         raise click.UsageError("--data2 needs --data (the reference set)")
     if gpus > 1 and (device == "cpu" or not torch.cuda.is_available() or torch.cuda.device_count() < gpus):
         raise click.BadParameter(f"{gpus} GPUs requested, {torch.cuda.device_count()} available", param_hint="--gpus")
+    for opt, path in (("--run-dir", run_dir), ("--cache-dir", cache_dir)):
+        if path is None:
+            continue
+        problem = cli_common.output_dir_problem(path)
+        if problem:
+            raise click.BadParameter(problem, param_hint=opt)
     allow_class = tuple(c.strip() for c in allow_class)
     for name in allow_class:
         if not name or "." not in name:

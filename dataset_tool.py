@@ -38,10 +38,10 @@ import PIL.Image
 import PIL.ImageColor
 import PIL.ImageOps
 
+# The label format and the folder walk are defined once, by the loader, so the tool and the loader cannot disagree.
+from torch_utils.image_dataset import MAX_LABELS_BYTES, float_pixels_to_uint8
 from torch_utils.image_io import IMAGE_EXTENSIONS, is_image_file
 from training import cli_common
-
-# The label format and the folder walk are defined once, by the loader, so the tool and the loader cannot disagree.
 from training.dataset import LABELS_FILENAME, DatasetError, list_folder_files, parse_labels_json
 
 # Largest --resolution side: far above any GAN resolution, small enough that one image still fits in memory.
@@ -86,6 +86,7 @@ class _FileItem(_Item):
 
     def probe(self):
         with self._opener() as f, PIL.Image.open(f) as image:
+            _check_pixels(image)
             width, height = image.size
             if 'exif' in image.info and image.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
                 width, height = height, width  # rotated by 90 degrees
@@ -93,9 +94,21 @@ class _FileItem(_Item):
 
     def load(self):
         with self._opener() as f, PIL.Image.open(f) as image:
+            _check_pixels(image)
             has_exif = 'exif' in image.info
             image.load()
             return PIL.ImageOps.exif_transpose(image) if has_exif else image.copy()
+
+
+def _check_pixels(image: PIL.Image.Image) -> None:
+    """Refuse, from the header alone, an image larger than PIL's decompression-bomb limit (a small file can
+    declare gigapixels and would be decoded into that much memory)."""
+    limit = PIL.Image.MAX_IMAGE_PIXELS
+    width, height = image.size
+    if limit is not None and width * height > limit:
+        raise PIL.Image.DecompressionBombError(
+            f'{width}x{height} = {width * height:,} pixels is above the limit of {limit:,} pixels (PIL\'s '
+            f'decompression-bomb limit, PIL.Image.MAX_IMAGE_PIXELS); refusing to decode it')
 
 
 class _ArrayItem(_Item):
@@ -163,6 +176,9 @@ def open_image_folder(path: str) -> _Source:
     if LABELS_FILENAME in fnames:
         where = os.path.join(path, LABELS_FILENAME)
         try:
+            if os.path.getsize(where) > MAX_LABELS_BYTES:
+                raise DatasetToolError(f'{where}: {os.path.getsize(where):,} bytes; a labels file is at most '
+                                       f'{MAX_LABELS_BYTES:,}')
             with open(where, 'rb') as f:
                 labels = _parse_labels(f.read(), where)
         except OSError as e:
@@ -191,6 +207,9 @@ def open_image_zip(path: str) -> _Source:
         labels = None
         if LABELS_FILENAME in fnames:
             where = f'{path}:{LABELS_FILENAME}'
+            if archive.getinfo(LABELS_FILENAME).file_size > MAX_LABELS_BYTES:
+                raise DatasetToolError(f'{where}: {archive.getinfo(LABELS_FILENAME).file_size:,} bytes; a labels file '
+                                       f'is at most {MAX_LABELS_BYTES:,}')
             try:
                 data = archive.read(LABELS_FILENAME)
             except _READ_ERRORS as e:
@@ -200,8 +219,9 @@ def open_image_zip(path: str) -> _Source:
     except BaseException:
         archive.close()
         raise
-    items = [_FileItem(f'{path}:{f}', (lambda f=f: io.BytesIO(archive.read(f))), label)
-             for f, label in zip(images, label_list)]
+    # Each member is decoded from a stream: its header is checked (format, pixel count) before anything large is
+    # read, so a small zip holding a huge member costs no memory.
+    items = [_FileItem(f'{path}:{f}', (lambda f=f: archive.open(f)), label) for f, label in zip(images, label_list)]
     return _Source('zip of images', items, labels is not None, warnings + _ignored_note(others, path),
                    close=archive.close)
 
@@ -349,7 +369,7 @@ def flatten_image(image: PIL.Image.Image, background: Tuple[int, int, int], chan
         # Pillow's convert('L') clips 16-bit values instead of scaling them.
         array = (np.asarray(image, dtype=np.float64) / 257).round().clip(0, 255).astype(np.uint8)[..., None]
     elif mode == 'F':
-        array = np.asarray(image, dtype=np.float64).round().clip(0, 255).astype(np.uint8)[..., None]
+        array = float_pixels_to_uint8(image)[..., None]
     else:
         has_alpha = 'A' in mode or 'a' in mode or 'transparency' in image.info
         if mode in _GRAY_MODES:
@@ -593,6 +613,11 @@ def convert_dataset(source: str, dest: str, resolution: Optional[Tuple[int, int]
     if resize_filter not in _RESIZE_FILTERS:
         raise DatasetToolError(f'--resize-filter {resize_filter!r}: expected one of {", ".join(_RESIZE_FILTERS)}')
     bg = parse_background(background)
+    if not str(dest).strip():
+        raise DatasetToolError('--dest is empty; give a .zip file or a folder name')
+    if os.path.isdir(source) and cli_common.is_inside(dest, source):
+        raise DatasetToolError(f'--dest {dest} is inside --source {source}: the next conversion of that folder '
+                               f'would read the output as images; write it elsewhere')
     if os.path.lexists(dest):
         raise DatasetToolError(f'--dest {dest}: already exists; refusing to overwrite it '
                                f'(remove it or choose another name)')
@@ -728,7 +753,7 @@ def _parse_resolution(ctx, param, value):
                    'crop or letterbox the height. Default: plain resize.')
 @click.option('--resize-filter', type=click.Choice(sorted(_RESIZE_FILTERS)), default='lanczos', show_default=True)
 @click.option('--max-images', type=click.IntRange(min=1), help='Convert at most this many images.')
-@click.option('--subset-seed', type=int,
+@click.option('--subset-seed', type=click.IntRange(0, 2**32 - 1),
               help='With --max-images: take a seeded random subset instead of the first N (by name).')
 @click.option('--background', default='white', show_default=True, metavar='COLOR',
               help='Colour that transparent images are composited onto: white or #RRGGBB.')

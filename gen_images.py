@@ -78,7 +78,7 @@ allow_class_option = click.option(
               help="Snapshot file (network-snapshot-*.pt) or a run dir's best-<result>.json pointer")
 @click.option("--seeds", help="Seeds, e.g. 0-15 or 1,5,9 (each 0..2**32-1)", metavar="LIST", required=True)
 @click.option("--outdir", help="Where to save the images", metavar="DIR", required=True)
-@click.option("--trunc", "truncation_psi", help="Truncation psi (1 = none)", type=cli_common.FiniteFloat(), default=1,
+@click.option("--trunc", "truncation_psi", help="Truncation psi (1 = none)", type=generation.TRUNCATION_PSI, default=1,
               show_default=True)
 @click.option("--class", "class_idx", help="Class index (conditional networks)", type=click.IntRange(min=0))
 @click.option("--noise-mode", help="Noise inputs", type=click.Choice(["const", "random", "none"]), default="const",

@@ -95,7 +95,7 @@ def write_video(frames, path: str, fps: int) -> None:
 @click.option("--kind", help="Interpolation", type=click.Choice(["cubic", "linear"]), default="cubic",
               show_default=True)
 @click.option("--grid", help="Tile several tours: COLSxROWS", metavar="COLSxROWS", default="1x1", show_default=True)
-@click.option("--trunc", "truncation_psi", help="Truncation psi (1 = none)", type=cli_common.FiniteFloat(), default=1,
+@click.option("--trunc", "truncation_psi", help="Truncation psi (1 = none)", type=generation.TRUNCATION_PSI, default=1,
               show_default=True)
 @click.option("--class", "class_idx", help="Class index (conditional networks)", type=click.IntRange(min=0))
 @click.option("--device", help="Where to run", type=click.Choice(["auto", "cuda", "cpu"]), default="auto",
@@ -148,6 +148,11 @@ def main(network_path, seeds, output, frames_per_key, fps, kind, grid, truncatio
         raise click.BadParameter(str(err), param_hint="'--class'") from None
 
     keys_per_cell = len(seeds) // cells
+    # Every frame is kept until the video is written, with its w path: check that they fit before rendering any.
+    num_frames = keys_per_cell * frames_per_key
+    frame_bytes = cells * G.img_resolution ** 2 * 3 + cells * G.num_ws * G.w_dim * 4
+    cli_common.check_fits_in_memory("--frames", num_frames * frame_bytes,
+                                    f"{num_frames:,} frames of {grid_w * G.img_resolution}x{grid_h * G.img_resolution}")
     with torch.no_grad():
         z = torch.cat([generation.seed_latent(s, G.z_dim) for s in seeds]).to(device)
         ws = G.mapping(z, c.expand(len(seeds), -1), truncation_psi=truncation_psi)  # [S, num_ws, w_dim]
@@ -157,7 +162,8 @@ def main(network_path, seeds, output, frames_per_key, fps, kind, grid, truncatio
         frames = []
         for f in range(num_frames):
             img = G.synthesis(torch.stack([p[f] for p in paths]), noise_mode="const")
-            frames.append(tile(generation.to_uint8_hwc(img), grid_w, grid_h))
+            # Videos have no alpha: a 2- or 4-channel generator's frames are composited onto white.
+            frames.append(tile(image_io.composite_alpha(generation.to_uint8_hwc(img)), grid_w, grid_h))
     created = not os.path.isdir(out_dir)
     try:
         os.makedirs(out_dir, exist_ok=True)

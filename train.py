@@ -35,6 +35,7 @@ import pickle
 import re
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -48,8 +49,10 @@ from torch_utils import image_io, util
 from training import cli_common
 
 CFGS = ("fastgan", "fastgan_lite", "stylegan2")
-POSITIVE = cli_common.FiniteFloat(min=0, min_open=True)
-NON_NEGATIVE = cli_common.FiniteFloat(min=0)
+# Durations in kimg up to 10^9 (a trillion images): beyond that an image count overflows, and nothing is meant.
+MAX_KIMG = 1e9
+POSITIVE = cli_common.FiniteFloat(min=0, min_open=True, max=MAX_KIMG)
+NON_NEGATIVE = cli_common.FiniteFloat(min=0, max=MAX_KIMG)
 LOSSES = ("projected", "stylegan2")
 
 
@@ -68,17 +71,50 @@ def next_run_dir(outdir: str, desc: str) -> str:
     return os.path.join(outdir, f"{max(ids, default=-1) + 1:05d}-{desc}")
 
 
+OWNER_FILE = ".run-owner"  # {"host", "pid"} of the process that created a run directory
+
+
 def create_run_dir(outdir: str, desc: str) -> str:
-    """Create the next free run directory (retrying if another process grabbed the number first)."""
+    """Create the next free run directory (retrying if another process grabbed the number first), with a note of
+    which process owns it (see `remove_dead_empty_runs`)."""
     os.makedirs(outdir, exist_ok=True)
     for _ in range(100):
         run_dir = next_run_dir(outdir, desc)
         try:
             os.makedirs(run_dir)
-            return run_dir
         except FileExistsError:
             continue
+        owner = json.dumps(dict(host=socket.gethostname(), pid=os.getpid())).encode()
+        util.atomic_write(os.path.join(run_dir, OWNER_FILE), lambda f, data=owner: f.write(data))
+        return run_dir
     raise RuntimeError(f"could not create a run directory under '{outdir}'")
+
+
+def remove_dead_empty_runs(outdir: str) -> list:
+    """Delete run directories under `outdir` that hold no training state (no .pt file) and whose owning process, on
+    this machine, no longer exists: what a run killed before its first snapshot (kill -9, power loss) leaves
+    behind; a run that fails normally removes its own. Directories of live processes, of other machines, or without
+    an owner note (older versions) are kept. Returns the removed paths."""
+    from training import snapshot as snapshot_lib
+
+    removed = []
+    if not os.path.isdir(outdir):
+        return removed
+    for name in sorted(os.listdir(outdir)):
+        run_dir = os.path.join(outdir, name)
+        if not re.fullmatch(r"\d+-.*", name) or not os.path.isdir(run_dir) or _has_training_state(run_dir):
+            continue
+        try:
+            with open(os.path.join(run_dir, OWNER_FILE), encoding="utf-8") as f:
+                owner = json.load(f)
+            host, pid = owner["host"], int(owner["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if host != socket.gethostname() or snapshot_lib._pid_alive(pid):
+            continue
+        shutil.rmtree(run_dir, ignore_errors=True)
+        removed.append(run_dir)
+    return removed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,8 +142,6 @@ def parse_grid(value):
 
 def check_outdir_and_desc(outdir: str, desc) -> None:
     """--outdir must be (or be creatable as) a writable directory; --desc must stay inside it."""
-    if not outdir.strip():
-        _fail("outdir", "is empty; give a directory")
     problem = cli_common.output_dir_problem(outdir)
     if problem:
         _fail("outdir", problem)
@@ -161,6 +195,9 @@ def build_config(opts: util.EasyDict, given, world_size: int) -> util.EasyDict:
     for name in ("kimg", "tick"):
         if not opts[name] > 0:
             _fail(name, f"must be positive, got {opts[name]}")
+    if round(opts.kimg * 1000) < opts.batch:
+        _fail("kimg", f"--kimg={opts.kimg:g} is less than one step of --batch={opts.batch} images "
+                      f"({opts.batch / 1000:g} kimg): no snapshot would be written")
     if opts.snap < 1:
         _fail("snap", f"must be >= 1 tick, got {opts.snap}")
     if opts.img_snap is not None and opts.img_snap < 1:
@@ -213,8 +250,6 @@ def build_config(opts: util.EasyDict, given, world_size: int) -> util.EasyDict:
             c.D_kwargs["weights"] = opts.backbone_weights
         if opts.feat_res is not None:
             c.D_kwargs["feat_res"] = opts.feat_res
-        if not (math.isfinite(opts.blur_sigma) and opts.blur_sigma >= 0):
-            _fail("blur-sigma", f"must be a finite number >= 0, got {opts.blur_sigma}")
         c.loss_kwargs = dict(class_name="projector_plugin.ProjectedGANLoss", blur_init_sigma=opts.blur_sigma,
                              blur_fade_kimg=opts.batch * 200 / 32, reuse_fakes=bool(opts.reuse_fakes))
         c.G_reg_interval = None
@@ -277,21 +312,93 @@ def _validate_metrics(metrics):
     except ImportError as err:
         _fail("metrics", f"the metrics package cannot be imported ({err}); use --metrics=none")
     for metric in metrics:
-        if not metric_main.is_valid_metric(metric):
-            _fail("metrics", f"unknown metric '{metric}'; valid examples: "
-                             f"{', '.join(metric_main.list_valid_metrics())} (or 'none')")
+        try:
+            metric_main.validate_metric(metric)
+        except metric_main.MetricError as err:
+            _fail("metrics", f"{err} (or 'none' for no metrics)")
 
 
 def _probe_network(kwargs: dict, what: str, option: str):
-    """Construct a network on the meta device: catches impossible resolutions/options before any work."""
+    """Construct a network on the meta device: catches impossible resolutions/options before any work. Returns the
+    meta-device network (no memory: shapes only), or None when some op does not support the meta device."""
     kwargs = copy.deepcopy(kwargs)
     try:
         with torch.device("meta"):
-            util.construct_class_by_name(**kwargs)
+            return util.construct_class_by_name(**kwargs)
     except (ValueError, TypeError, AssertionError) as err:
         _fail(option, f"the {what} cannot be built with these options: {err}")
     except (NotImplementedError, RuntimeError):
-        pass  # some op does not support the meta device; the real build will report problems
+        return None  # some op does not support the meta device; the real build will report problems
+
+
+def _activation_bytes(module, *inputs) -> int:
+    """Bytes of every leaf module's outputs for one forward of `module` on meta-device `inputs`: what a training
+    step keeps for the backward pass, about (views and in-place ops make it an over- rather than under-estimate)."""
+    total = 0
+
+    def hook(_module, _inputs, output):
+        nonlocal total
+        for t in output if isinstance(output, (list, tuple)) else [output]:
+            if torch.is_tensor(t):
+                total += t.numel() * t.element_size()
+
+    hooks = [m.register_forward_hook(hook) for m in module.modules() if not any(True for _ in m.children())]
+    try:
+        with torch.no_grad():
+            module(*inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return total
+
+
+def check_memory_estimate(c, common: dict, G_meta, D_meta, use_cuda: bool, given) -> dict:
+    """Estimate the memory one training process needs and fail, naming the option that drives it, when it cannot
+    fit: the machine's available memory (CPU) or the GPU's. Everything is measured on the meta device (shapes
+    only): G's parameters x 5 (G, G_ema, gradient, Adam's two moments), D's trainable ones x 4 and frozen ones, and
+    batch_gpu x the activations of one image through G and D. On an H200 this estimated 31 GB for FastGAN-256 at
+    batch 64, where 26.6 GB was measured. Returns the parts (bytes)."""
+    res, channels = common["img_resolution"], common["img_channels"]
+    parts = dict(weights=0, activations=0)
+    act_G = act_D = 0
+    try:
+        with torch.device("meta"):
+            if G_meta is not None:
+                n = sum(p.numel() for p in G_meta.parameters())
+                parts["weights"] += 4 * 5 * n
+                c_in = torch.zeros([1, common["c_dim"]])
+                act_G = _activation_bytes(G_meta, torch.zeros([1, G_meta.z_dim]), c_in)
+            if D_meta is not None:
+                parts["weights"] += 4 * 4 * sum(p.numel() for p in D_meta.parameters())
+                img = torch.zeros([1, channels, res, res])
+                act_D = _activation_bytes(D_meta, img, torch.zeros([1, common["c_dim"]]))
+            elif c.D_kwargs["class_name"].startswith("projector_plugin"):
+                import timm
+
+                feat_res = c.D_kwargs.get("feat_res") or 224
+                net = timm.create_model(c.D_kwargs["backbone"], pretrained=False, features_only=True)
+                parts["weights"] += 4 * (sum(p.numel() for p in net.parameters()) + 4 * 10_000_000)  # + mini-Ds
+                act_D = 2 * _activation_bytes(net, torch.zeros([1, 3, feat_res, feat_res]))  # + projection, mini-Ds
+    except (NotImplementedError, RuntimeError, TypeError, ValueError):
+        return parts  # an op without a meta kernel: no estimate, the real run reports what it must
+    parts["activations"] = c.batch_gpu * (act_G + act_D)
+    total = parts["weights"] + parts["activations"]
+    if use_cuda:
+        limit, where = torch.cuda.get_device_properties(0).total_memory, "the GPU has"
+    else:
+        limit, where = cli_common.available_memory_bytes(), "the machine has"
+    if total <= limit:
+        return parts
+    if parts["weights"] >= parts["activations"]:
+        option = "ngf" if c.G_kwargs["class_name"].endswith("networks_fastgan.Generator") else "cbase"
+        cause = f"the networks' weights and optimizer states ({cli_common.format_bytes(parts['weights'])})"
+    else:
+        option = "feat-res" if given("feat_res") and act_D > act_G else ("batch-gpu" if given("batch_gpu")
+                                                                           else "batch")
+        cause = (f"the activations of {c.batch_gpu} images per process ({cli_common.format_bytes(parts['activations'])}"
+                 f"; --batch-gpu processes fewer at a time)")
+    _fail(option, f"training would need about {cli_common.format_bytes(total)} of memory per process, mostly "
+                  f"{cause}; {where} {cli_common.format_bytes(limit)}")
 
 
 def validate_and_describe(c: util.EasyDict, opts: util.EasyDict):
@@ -306,14 +413,30 @@ def validate_and_describe(c: util.EasyDict, opts: util.EasyDict):
         _fail("cond", f"--cond=1 needs labels, but '{opts.data}' has no dataset.json labels "
                       f"(create them with dataset_tool.py, or use --cond=0)")
     res, channels = training_set.resolution, training_set.num_channels
+    if channels not in (1, 3):
+        _fail("data", f"'{opts.data}' has {channels}-channel images (grayscale or colour with an alpha channel); "
+                      f"training takes 1 or 3 channels: convert it with dataset_tool.py, which composites "
+                      f"transparency onto --background (white by default)")
     c.training_set_kwargs["resolution"] = res
     common = dict(c_dim=training_set.label_dim if opts.cond else 0, img_resolution=res, img_channels=channels)
-    _probe_network({**c.G_kwargs, **common}, f"generator for {res}x{res}x{channels} images", "cfg")
+    G_meta = _probe_network({**c.G_kwargs, **common}, f"generator for {res}x{res}x{channels} images", "cfg")
+    D_meta = None
     if c.D_kwargs["class_name"].startswith("training.networks_stylegan2"):
-        _probe_network({**c.D_kwargs, **common}, f"discriminator for {res}x{res}x{channels} images", "loss")
+        D_meta = _probe_network({**c.D_kwargs, **common}, f"discriminator for {res}x{res}x{channels} images", "loss")
     else:
         _check_projected_D(c.D_kwargs, res)
+    c._probes = (G_meta, D_meta)
     _validate_metrics(c.metrics)
+    if c.metrics:  # a dataset too small for a metric is refused now, not at the first snapshot
+        from metrics import metric_main
+
+        for metric in c.metrics:
+            try:
+                warning = metric_main.check_real_count(metric, len(training_set), opts.data)
+            except metric_main.MetricError as err:
+                _fail("metrics", str(err))
+            if warning:
+                print(f"Warning: --metrics: {warning}", file=sys.stderr)
     desc = f"{opts.cfg}-{opts.loss}-{training_set.name}-gpus{c.num_gpus}-batch{c.batch_size}"
     if opts.desc:
         desc += f"-{opts.desc}"
@@ -330,13 +453,23 @@ def _check_projected_D(D_kwargs, res):
     if not timm.is_model(backbone.split(".")[0]):
         _fail("backbone", f"'{backbone}' is not a timm model name")
     feat_res = D_kwargs.get("feat_res")
-    if feat_res is not None and (feat_res < 32 or feat_res % 32):
-        _fail("feat-res", f"must be a multiple of 32 and at least 32, got {feat_res}")
+    if feat_res is not None and (feat_res < 32 or feat_res % 32 or feat_res > 2048):
+        _fail("feat-res", f"must be a multiple of 32 from 32 to 2048, got {feat_res}")
     if not 16 <= res <= 1024:
         _fail("data", f"the projected discriminator takes 16..1024 pixel images, the dataset has {res}x{res}")
     weights = D_kwargs.get("weights")
     if weights is not None:
         check_backbone_weights(weights, backbone)
+    elif D_kwargs.get("pretrained", True):
+        # Resolve the ImageNet weights now (package, cache, or a download with a deadline), before a run directory
+        # exists; the discriminator built later reuses them (cached per process).
+        from projector_plugin import feature_networks
+
+        try:
+            feature_networks.load_pretrained_state_dict(backbone)
+        except (RuntimeError, OSError, ValueError) as err:
+            _fail("backbone", f"no ImageNet weights for '{backbone}': {cli_common.one_line(err)[:300]}; give them "
+                              f"with --backbone-weights=PATH (a torch.save'd state dict) to train offline")
 
 
 def check_backbone_weights(path: str, backbone: str) -> None:
@@ -508,6 +641,22 @@ def run_training(training_loop, c, rank: int, device) -> int:
         return _report(rank, f"--data: {_dataset_error_line(err)}", 1, every_rank=True)
     except snapshot_lib.SnapshotError as err:
         return _report(rank, f"--resume: {cli_common.one_line(err)}", 1)
+    except (MemoryError, RuntimeError) as err:
+        if not _is_out_of_memory(err):
+            raise
+        saved = os.path.join(c.get("run_dir") or "", snapshot_lib.RESUME_STATE_NAME)
+        where = (f"; the last resume state, {saved}, is intact" if os.path.isfile(saved)
+                 else "; no snapshot had been written yet")
+        return _report(rank, f"out of memory ({cli_common.one_line(err)[:160]}): use a smaller --batch-gpu (same "
+                             f"--batch, more rounds per step) or a smaller network{where}", 1)
+
+
+def _is_out_of_memory(err: BaseException) -> bool:
+    """A CUDA or CPU allocation failure (torch raises them as RuntimeError subclasses or with these messages)."""
+    if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
+        return True
+    text = str(err)
+    return "out of memory" in text or "can't allocate memory" in text or "not enough memory" in text
 
 
 def _report(rank: int, message: str, status: int, leading_newline: bool = False, every_rank: bool = False,
@@ -749,7 +898,7 @@ class _MetricList(click.ParamType):
               metavar="BOOL", type=bool, default=True, show_default=True)
 @click.option("--blur-sigma", help="Projected loss: blur of every image D sees at the start (StyleGAN3's sigma), "
               "fading out over batch*200/32 kimg; 0 = none, as in the official Projected GAN code", metavar="FLOAT",
-              type=float, default=2, show_default=True)
+              type=cli_common.FiniteFloat(min=0, max=100), default=2, show_default=True)
 @click.option("--g-arch", help="Generator variant: 'default' (FastGAN as published: noise, tanh output; StyleGAN2 "
               "z/w 512) or 'official' (Projected GAN's code: FastGAN-lite without noise, linear output with bias, "
               "PyTorch init; StyleGAN2 z 64, w 128): train and import its models like-for-like",
@@ -813,8 +962,12 @@ def main(**kwargs):
 
     if not os.path.exists(opts.data):
         _fail("data", f"'{opts.data}' does not exist")
+    if os.path.isdir(opts.data) and cli_common.is_inside(opts.outdir, opts.data):
+        _fail("outdir", f"'{opts.outdir}' is inside --data '{opts.data}': the sample grids written there would be "
+                        f"read as training images by the next run; put the runs elsewhere")
     c = build_config(opts, given, world_size)
     desc, common = validate_and_describe(c, opts)
+    check_memory_estimate(c, common, *c.pop("_probes"), use_cuda=use_cuda, given=given)
     if c.loss_kwargs["class_name"] == "training.loss.StyleGAN2Loss" and c.loss_kwargs["r1_gamma"] is None:
         c.loss_kwargs["r1_gamma"] = 0.0002 * common["img_resolution"] ** 2 / c.batch_size
     c.resume = resolve_resume(opts)
@@ -835,9 +988,12 @@ def main(**kwargs):
             print("Dry run; exiting.")
         return
 
-    if c.resume is not None and rank == 0:
+    if rank == 0:
+        # Leftovers of killed runs: half-written snapshot files, and run directories that never got a snapshot.
         for path in remove_stale_writes(opts.outdir, c.resume):
             print(f"Removed a half-written snapshot left by a killed run: {path}")
+        for path in remove_dead_empty_runs(opts.outdir):
+            print(f"Removed the run directory of a run killed before its first snapshot: {path}")
 
     if dist.launched_by_torchrun():
         subprocess_fn(rank, c, world_size, "env://", opts.device, opts.outdir, desc, local_rank=local_rank,

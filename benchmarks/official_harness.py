@@ -149,11 +149,14 @@ def cmd_train(args, train_args):
     torch.utils.data.Sampler.__init__ = lambda self, *args, **kwargs: None  # shim 6
     training_loop.torch = _cpu_torch_proxy()
     training_loop.pickle = _snapshot_copier(pickle)
-    launch = their_train.launch_training
+    launch = getattr(their_train, "launch_training", None)
+    if launch is None:  # StyleGAN2-ADA's train.py has no launch function to wrap: no config shims there
+        their_train.main.main(args=train_args, prog_name="train.py")
+        return
 
     def launch_training(c, desc, outdir, dry_run):
         for key in ("G_opt_kwargs", "D_opt_kwargs"):
-            if "betas" in c[key]:
+            if "betas" in c[key] and not args.no_betas_shim:
                 c[key].betas = tuple(float(b) for b in c[key].betas)  # shim 3
         if args.ngf is not None:
             if "ngf" not in c.G_kwargs and "networks_fastgan" not in c.G_kwargs.class_name:
@@ -234,6 +237,119 @@ def cmd_make_pickle(args):
     print(f"wrote {args.out}")
 
 
+# ---------------------------------------------------------------------------------------------
+# The README's host lines in real checkouts.
+
+# How each host's train.py gets the plugin: after/before which of its lines the README's block goes (None: only
+# its class names change), and the options of a short CPU run.
+HOSTS = {
+    "stylegan3": dict(before="    # Performance-related toggles.", after=None, lines="stylegan3",
+                      args=["--cfg=stylegan2", "--gpus=1", "--batch=8", "--gamma=0", "--kimg=1", "--tick=1",
+                            "--snap=1", "--metrics=none", "--workers=1", "--cbase=4096", "--cmax=64", "--aug=noaug",
+                            "--mirror=1"], resume_kimg=2, betas_shim=False),
+    "stylegan2-ada": dict(before=None, after="        ctx.fail(err)", lines="stylegan2-ada",
+                          args=["--cfg=auto", "--gpus=1", "--batch=8", "--kimg=1", "--snap=1", "--metrics=none",
+                                "--aug=noaug", "--mirror=1"], resume_kimg=2, betas_shim=False),
+    # Projected GAN's own code needs shim 3 whatever its D and loss: its G's Adam gets betas=[0, 0.99].
+    "projected_gan": dict(replace={"class_name='training.loss.ProjectedGANLoss'":
+                                   "class_name='projector_plugin.ProjectedGANLoss'",
+                                   "class_name='pg_modules.discriminator.ProjectedDiscriminator'":
+                                   "class_name='projector_plugin.ProjectedDiscriminator'"},
+                          args=["--cfg=fastgan_lite", "--gpus=1", "--batch=8", "--kimg=1", "--tick=1", "--snap=1",
+                                "--metrics=none", "--workers=1", "--mirror=1"], resume_kimg=2, betas_shim=True,
+                          ngf=8),
+}
+
+
+def _readme_block(name):
+    import re
+    import textwrap
+
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        m = re.search(rf"<!-- host-lines:{re.escape(name)} -->\n```python\n(.*?)```", f.read(), re.S)
+    if m is None:
+        sys.exit(f"README.md has no host-lines block '{name}'")
+    return textwrap.indent(textwrap.dedent(m.group(1)), "    ")
+
+
+def patch_host(train_py: str, host: dict) -> str:
+    """The host's train.py with the plugin: the README's block inserted at its anchor, or class names replaced."""
+    with open(train_py, encoding="utf-8") as f:
+        text = f.read()
+    for old, new in host.get("replace", {}).items():
+        if text.count(old) != 1:
+            sys.exit(f"{train_py}: expected one '{old}'")
+        text = text.replace(old, new)
+    if host.get("lines"):
+        block = _readme_block(host["lines"])
+        lines = text.splitlines(keepends=True)
+        anchor = host["before"] or host["after"]
+        hits = [i for i, line in enumerate(lines) if line.rstrip("\n") == anchor]
+        if len(hits) != 1:
+            sys.exit(f"{train_py}: the anchor line {anchor!r} occurs {len(hits)} times")
+        at = hits[0] + (0 if host["before"] else 1)
+        lines[at:at] = [block if block.endswith("\n") else block + "\n", "\n"]
+        text = "".join(lines)
+    return text
+
+
+def cmd_host_check(args):
+    """Copy the checkout, add the plugin the README's way, train a short run on the CPU, resume it, and print what
+    a user would check (JSON): exit codes, the loss statistics in stats.jsonl, the resumed run's blur, the files."""
+    import glob
+    import json
+    import shutil
+    import subprocess
+
+    host = HOSTS[args.host]
+    work = os.path.abspath(args.workdir)
+    code = os.path.join(work, "host")
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(os.path.abspath(args.official), code, ignore=shutil.ignore_patterns(".git"))
+    patched = patch_host(os.path.join(code, "train.py"), host)
+    with open(os.path.join(code, "train.py"), "w", encoding="utf-8") as f:
+        f.write(patched)
+    base = [sys.executable, os.path.abspath(__file__), "train", f"--official={code}", "--no-image-snapshots"]
+    if not host["betas_shim"]:
+        base.append("--no-betas-shim")
+    if host.get("ngf"):
+        base.append(f"--ngf={host['ngf']}")
+    report = dict(host=args.host, runs=[])
+    resume = None
+    for i, kimg in enumerate((None, host["resume_kimg"])):
+        outdir = os.path.join(work, f"runs{i}")
+        extra = [f"--outdir={outdir}", f"--data={os.path.abspath(args.data)}"]
+        if resume:
+            extra += [f"--resume={resume}", f"--kimg={kimg}"]
+        run_args = host["args"] if not resume else [a for a in host["args"] if not a.startswith("--kimg")]
+        log = os.path.join(work, f"run{i}.log")
+        with open(log, "w") as out:
+            rc = subprocess.run(base + ["--"] + run_args + extra, stdout=out, stderr=subprocess.STDOUT).returncode
+        (run_dir,) = glob.glob(os.path.join(outdir, "0*")) or [None]
+        entry = dict(returncode=rc, log=log, run_dir=run_dir)
+        if run_dir:
+            with open(os.path.join(run_dir, "training_options.json")) as f:
+                options = json.load(f)
+            entry["loss_kwargs"] = options.get("loss_kwargs")
+            entry["D_class"] = options.get("D_kwargs", {}).get("class_name")
+            stats = []
+            if os.path.isfile(os.path.join(run_dir, "stats.jsonl")):
+                with open(os.path.join(run_dir, "stats.jsonl")) as f:
+                    stats = [json.loads(line) for line in f if line.strip()]
+            entry["ticks"] = [dict(kimg=s.get("Progress/kimg", {}).get("mean"),
+                                   real=s.get("Loss/scores/real", {}).get("mean"),
+                                   fake=s.get("Loss/scores/fake", {}).get("mean"),
+                                   signs_real=s.get("Loss/signs/real", {}).get("mean")) for s in stats]
+            snaps = sorted(glob.glob(os.path.join(run_dir, "network-snapshot-*.pkl")))
+            entry["snapshots"] = [os.path.basename(p) for p in snaps]
+            resume = snaps[-1] if snaps else None
+        report["runs"].append(entry)
+        if rc != 0:
+            break
+    print(json.dumps(report, indent=2))
+    return report
+
+
 def main():
     argv = sys.argv[1:]
     train_args = []
@@ -246,6 +362,12 @@ def main():
     p.add_argument("--official", required=True, help="root of the checkout")
     p.add_argument("--ngf", type=int, default=None, help="FastGAN width (their default 128)")
     p.add_argument("--no-image-snapshots", action="store_true", help="sample grids at the start and end only")
+    p.add_argument("--no-betas-shim", action="store_true", help="leave the host's Adam betas as they are")
+    p = sub.add_parser("host-check", help="the README's host lines in a copy of a host checkout: train, resume")
+    p.add_argument("--host", required=True, choices=sorted(HOSTS))
+    p.add_argument("--official", required=True, help="root of the host's checkout (copied, never modified)")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--data", required=True)
     p = sub.add_parser("outputs", help="reference outputs of a pickle's generator, by its own code")
     p.add_argument("--official", required=True)
     p.add_argument("--network", required=True)
@@ -273,6 +395,8 @@ def main():
         cmd_train(args, train_args)
     elif args.cmd == "outputs":
         cmd_outputs(args)
+    elif args.cmd == "host-check":
+        cmd_host_check(args)
     else:
         cmd_make_pickle(args)
 

@@ -19,12 +19,16 @@ TF32 is switched off inside forward(): on Ampere+ GPUs torch enables it for conv
 """
 
 import contextlib
+import logging
+import os
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from . import inception as inception_lib
+
+logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -122,11 +126,25 @@ class InceptionDetector(FeatureDetector):
                  channels_last=True, **kwargs):
         # channels_last by default: faster than NCHW at float32 feature agreement (measured: docs/benchmarks.md).
         super().__init__(channels_last=channels_last, **kwargs)
-        weights = inception_lib.find_inception_weights(path=path, cache_dir=cache_dir,
-                                                       require_classifier=require_classifier,
-                                                       allow_download=allow_download)
+        find = lambda: inception_lib.find_inception_weights(  # noqa: E731
+            path=path, cache_dir=cache_dir, require_classifier=require_classifier, allow_download=allow_download)
+        weights = find()
+        try:
+            net = inception_lib.build_inception(weights)
+        except (ValueError, RuntimeError, OSError) as err:
+            cached = os.path.join(cache_dir or inception_lib.default_cache_dir(), inception_lib.INCEPTION_FILENAME)
+            if path is not None or os.path.abspath(weights) != os.path.abspath(cached):
+                raise
+            # A damaged or foreign file where the cache should hold NVIDIA's network: put it aside (not deleted:
+            # it may be the user's) and take the next source, which writes the cache anew if it downloads.
+            aside = cached + ".damaged"
+            os.replace(cached, aside)
+            logger.warning("Warning: %s is not NVIDIA's Inception network (%s); moved it to %s and using the next "
+                           "source of the weights", cached, str(err).splitlines()[0] if str(err) else err, aside)
+            weights = find()
+            net = inception_lib.build_inception(weights)
         self.weights_path = weights
-        self.net = inception_lib.build_inception(weights)
+        self.net = net
         self._finish_setup()
 
     @property
@@ -170,15 +188,21 @@ class TimmDetector(FeatureDetector):
         self.model_name = model_name
         self.resolution = resolution
         self.pretrained = pretrained
-        try:
-            self.model = timm.create_model(model_name, pretrained=pretrained, cache_dir=cache_dir,
+        from projector_plugin.feature_networks import call_with_deadline
+
+        create = lambda: timm.create_model(model_name, pretrained=pretrained, cache_dir=cache_dir,  # noqa: E731
                                            **(create_kwargs or {}))
+        try:
+            self.model = call_with_deadline(create, f"loading the weights of detector '{name}'") if pretrained \
+                else create()
         except Exception as e:
             if not pretrained:
                 raise
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise RuntimeError(f"could not load pretrained weights for detector '{name}' (timm model "
-                               f"'{model_name}'): {e}. The weights are downloaded on first use; without network "
-                               f"access, pre-populate the Hugging Face / timm cache.") from e
+                               f"'{model_name}'): {msg}. They are downloaded on first use; to work offline, copy "
+                               f"a Hugging Face cache that has them (~/.cache/huggingface, or HF_HOME) to this "
+                               f"machine, or pass cache_dir") from None
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255)
         self.feature_dim = self.model.num_features if self.model.num_classes == 0 else self.model.num_classes

@@ -66,6 +66,11 @@ def _count(text):
 
 def parse_metric(name):
     """'pr50k3_full' -> dict(kind='pr', num_gen=50000, full=True, nhood_size=3). Raises MetricError if unknown."""
+    if not isinstance(name, str) or len(name) > 64 or re.search(r"\d{10}", name):
+        # Counts beyond 9 digits mean nothing (and Python refuses int() of 4300+ digits with a traceback).
+        shown = name if isinstance(name, str) and len(name) <= 40 else f"{str(name)[:24]}... ({len(str(name))} chars)"
+        raise MetricError(f"unknown metric {shown!r}: names are at most 64 characters and counts at most 9 digits "
+                          f"(e.g. fid50k_full)")
     m = re.fullmatch(r"(fid|fd_dinov2_|fd_clip_|kid)(\d+k?)(_full)?", name)
     if m:
         return dict(kind="kid" if m.group(1) == "kid" else "fd", family=m.group(1), num_gen=_count(m.group(2)),
@@ -166,17 +171,36 @@ def _result_names(name, spec):
             "is": [f"{name}_mean", f"{name}_std"]}[spec["kind"]]
 
 
+def check_real_count(name, num_real, path):
+    """Raise MetricError when a dataset of `num_real` images cannot serve metric `name`; return a warning (str) when
+    it can but is far smaller than the metric's image count (a '_full' metric then compares thousands of generated
+    images with a handful of real ones), else None. Shared by calc_metrics and train.py (checked before training)."""
+    spec = validate_metric(name)
+    n = spec["num_gen"]
+    if spec["kind"] == "is":
+        return None
+    if not spec["full"] and num_real < n:
+        raise MetricError(f"metric {name!r}: dataset {path} has {num_real} images, but the metric needs {n}; use a "
+                          f"metric with a smaller count (e.g. fid2k_full) or a '_full' one")
+    minimum, why = min_count(spec)
+    if num_real < minimum:
+        raise MetricError(f"metric {name!r}: dataset {path} has {num_real} images, but {_label(spec)} needs at least "
+                          f"{minimum} ({why})")
+    if spec["full"] and num_real * 10 < n:
+        return (f"metric {name!r} generates {n:,} images but dataset {path} has only {num_real:,} real ones: the "
+                f"value is dominated by the small real set and costs {n:,} generated images; a smaller count "
+                f"(e.g. {spec['family'] if spec['kind'] == 'fd' else spec['kind']}{max(num_real, 1)}_full) measures "
+                f"the same for less")
+    return None
+
+
 def _validate_inputs(name, spec, opts):
     """Fail before any image is embedded: missing/empty data, too few images, mismatching network."""
     n = spec["num_gen"]
     dataset = metric_utils.open_dataset(opts.dataset_kwargs)
-    if not spec["full"] and spec["kind"] != "is" and len(dataset) < n:
-        raise MetricError(f"dataset {opts.dataset_kwargs.get('path')} has {len(dataset)} images, but the metric "
-                          f"needs {n}; use a metric with a smaller count (e.g. fid2k_full) or a '_full' one")
-    minimum, why = min_count(spec)
-    if spec["kind"] != "is" and len(dataset) < minimum:
-        raise MetricError(f"metric {name!r}: dataset {opts.dataset_kwargs.get('path')} has {len(dataset)} images, "
-                          f"but {_label(spec)} needs at least {minimum} ({why})")
+    warning = check_real_count(name, len(dataset), opts.dataset_kwargs.get("path"))
+    if warning and opts.rank == 0:
+        logger.warning("Warning: %s", warning)
     if opts.G is not None:
         metric_utils.check_generator_vs_dataset(opts.G, dataset, opts.dataset_kwargs)
     else:
@@ -258,9 +282,15 @@ def _append_line(path, data):
     call created it, so earlier lines stay intact and no empty file remains.
     """
     existed = os.path.exists(path)
+    if os.path.islink(path):  # a planted link would make us append to whatever file it points to
+        raise MetricWriteError(errno.ELOOP, f"cannot write {path}: it is a symbolic link (results are only appended "
+                                            f"to a regular file in the run directory)")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        # O_NOFOLLOW: a link created between the check and the open is refused too.
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
     except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise MetricWriteError(errno.ELOOP, f"cannot write {path}: it is a symbolic link") from err
         raise _write_error(path, err) from err
     try:
         old_size = os.fstat(fd).st_size

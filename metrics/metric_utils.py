@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import time
+import zipfile
 
 import numpy as np
 import torch
@@ -237,9 +238,10 @@ class FeatureStats:
         """Read a saved FeatureStats. A file of features alone can serve mean/cov too: they are summed from the
         features `chunk` rows at a time, the order in which `append` would have summed them batch by batch."""
         stats = cls(capture_all=capture_all, capture_mean_cov=capture_mean_cov, max_items=max_items)
-        with np.load(path, allow_pickle=False) as data:
+        with np.load(path, allow_pickle=False) as data:  # no pickled objects: object arrays raise ValueError
             stats.num_items = int(data["num_items"])
             stats.num_features = int(data["num_features"])
+            _check_cached_arrays(data, stats.num_items, stats.num_features)
             if capture_all:
                 stats.all_features = [data["all_features"]]
             if capture_mean_cov and "raw_mean" in data:
@@ -251,6 +253,23 @@ class FeatureStats:
                     summed.append(features[start:start + step])
                 stats.raw_mean, stats.raw_cov = summed.raw_mean, summed.raw_cov
         return stats
+
+
+def _check_cached_arrays(data, num_items, num_features):
+    """ValueError unless the arrays of a cache file have the shapes and (float) types its counts say."""
+    expected = dict(all_features=(num_items, num_features), raw_mean=(num_features,),
+                    raw_cov=(num_features, num_features))
+    for key, shape in expected.items():
+        if key in data.files:
+            array = data[key]
+            if array.dtype.kind != "f" or array.shape != shape:
+                raise ValueError(f"'{key}' is {array.dtype} {list(array.shape)}, expected float {list(shape)}")
+    if "all_features" not in data.files and "raw_mean" not in data.files:
+        raise ValueError("it holds neither features nor mean/covariance")
+
+
+# What a damaged or foreign statistics cache raises when read (a truncated zip, missing keys, wrong arrays).
+_CACHE_READ_ERRORS = (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile)
 
 
 def _gather(x, valid, opts):
@@ -356,8 +375,14 @@ def compute_feature_stats_for_dataset(opts, detector_name, detector_kwargs=None,
                                                     feature_kind, dict.fromkeys(captures))
         for path in [cache_file] + fallbacks:
             if _broadcast_flag(opts.rank == 0 and os.path.isfile(path), opts):
-                return FeatureStats.load(path, capture_all, capture_mean_cov, max_items,
-                                         chunk=opts.batch_size * opts.num_gpus)
+                try:
+                    return FeatureStats.load(path, capture_all, capture_mean_cov, max_items,
+                                             chunk=opts.batch_size * opts.num_gpus)
+                except _CACHE_READ_ERRORS as err:  # never let a bad file block every later evaluation
+                    logger.warning("Warning: the statistics cache %s is damaged or not one of this toolkit's (%s: "
+                                   "%s); ignoring it: the statistics are computed again and %s is written anew",
+                                   path, type(err).__name__, str(err).splitlines()[0] if str(err) else "",
+                                   cache_file)
 
     detector = _detector(opts, detector_name, detector_kwargs or {})
     feature_fn = feature_fn or (lambda det, images: det(images))

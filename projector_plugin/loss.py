@@ -85,6 +85,23 @@ def _resolve_report(report):
     return fn
 
 
+AUTO_REPORT = "auto"
+
+
+def _host_report():
+    """report='auto': the host's `torch_utils.training_stats.report` if the training process has that module (the
+    StyleGAN-style hosts all do), else None (statistics are dropped)."""
+    try:
+        module = importlib.import_module("torch_utils.training_stats")
+    except ImportError:
+        return None
+    fn = getattr(module, "report", None)
+    if not callable(fn):
+        return None
+    logger.info("ProjectedGANLoss: reporting statistics through torch_utils.training_stats.report (report='auto')")
+    return fn
+
+
 class ProjectedGANLoss:
     """Hinge loss: D minimises relu(1 - D(real)) + relu(1 + D(fake)), G minimises -D(fake).
 
@@ -101,7 +118,9 @@ class ProjectedGANLoss:
                          2^(-(x/sigma)^2), i.e. a Gaussian of std sigma/sqrt(2 ln 2) pixels) ...
         blur_fade_kimg:  ... fading linearly to zero over this many thousand images (0 = no blur).
         report:          where training statistics go: a callable `report(name, tensor)`, a dotted name of one
-                         (e.g. 'torch_utils.training_stats.report', imported at the first report), or None.
+                         (e.g. 'torch_utils.training_stats.report', imported at the first report), None, or
+                         'auto' (default): the training process's `torch_utils.training_stats.report` when it has
+                         one (StyleGAN2-ADA, StyleGAN3, Projected GAN and this repo do), else nothing.
         reuse_fakes:     the D phase trains on the fakes of the same iteration's G phase (detached, with their
                          labels) instead of running G again: one generator forward per iteration instead of two,
                          as in FastGAN's own loop. D then sees fakes of G before its optimiser step (one step
@@ -114,7 +133,7 @@ class ProjectedGANLoss:
     """
 
     def __init__(self, device, G=None, D=None, augment_pipe=None, blur_init_sigma=2, blur_fade_kimg=300,
-                 report=None, G_mapping=None, G_synthesis=None, reuse_fakes=False, **host_kwargs):
+                 report="auto", G_mapping=None, G_synthesis=None, reuse_fakes=False, **host_kwargs):
         unknown = sorted(k for k in host_kwargs if k not in _IGNORED_HOST_KWARGS)
         if unknown:
             own = [p for p in inspect.signature(ProjectedGANLoss.__init__).parameters if p not in ("self",
@@ -160,6 +179,10 @@ class ProjectedGANLoss:
         else:
             self._mapping = self._synthesis = None
         if self._mapping is not None:
+            # Projected GAN's FastGAN synthesis takes the label too: synthesis(ws, c). Only an explicitly named `c`
+            # counts (StyleGAN3's synthesis passes **kwargs on to layers that would reject it).
+            self._synthesis_c = "c" in _parameters(self._synthesis) and _parameters(self._synthesis)["c"].kind in (
+                inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
             self._mapping_emas = _accepts(self._mapping, "update_emas")
             # StyleGAN3-style synthesis networks take update_emas through **layer_kwargs; StyleGAN2-ADA's take
             # **block_kwargs too but reject it further down. Its mapping network tells the two apart.
@@ -211,11 +234,10 @@ class ProjectedGANLoss:
     # -- reporting ----------------------------------------------------------------------------------------------
     def report(self, name, value):
         """Send a statistic [N] or [N, K] to the `report` target (resolving a dotted name on first use)."""
-        if self._report is None:
-            return
         if isinstance(self._report, str):
-            self._report = _resolve_report(self._report)
-        self._report(name, value)
+            self._report = _host_report() if self._report == AUTO_REPORT else _resolve_report(self._report)
+        if self._report is not None:
+            self._report(name, value)
 
     # -- building blocks ----------------------------------------------------------------------------------------
     def blur_sigma(self, cur_nimg):
@@ -230,7 +252,10 @@ class ProjectedGANLoss:
         """z [N, z_dim], c [N, c_dim] -> images [N, C, H, W]."""
         if self._mapping is not None:
             ws = self._mapping(z, c, **({"update_emas": update_emas} if self._mapping_emas else {}))
-            return self._synthesis(ws, **({"update_emas": update_emas} if self._synthesis_emas else {}))
+            kwargs = {"update_emas": update_emas} if self._synthesis_emas else {}
+            if self._synthesis_c:
+                kwargs["c"] = c
+            return self._synthesis(ws, **kwargs)
         if self.G is None:
             raise TypeError("ProjectedGANLoss was built without a generator (G, or G_mapping and G_synthesis)")
         return self.G(z, c, **({"update_emas": update_emas} if self._G_emas else {}))

@@ -19,7 +19,7 @@ from _plugin_helpers import imgs as _imgs
 
 from metrics.detectors import tf32_disabled
 from projector_plugin import ProjectedDiscriminator, ProjectedGANLoss
-from projector_plugin.discriminator import HOST_KWARGS, BatchStatsNorm2d, MiniDiscriminator
+from projector_plugin.discriminator import HOST_KWARGS, BatchStatsNorm2d, MiniDiscriminator, official_options
 from projector_plugin.feature_networks import find_weight_package_file
 
 ReferenceDiscriminator = load_reference().ReferenceDiscriminator
@@ -540,3 +540,21 @@ def test_cuda_logits_and_image_grads_match_the_cpu(channels_last):
     assert got16[0].dtype == torch.float32
     assert _rel_err(got16[0], ref[0]) < 0.1 and _rel_err(got16[1], ref[1]) < 0.5
     assert torch.nn.functional.cosine_similarity(got16[1].cpu().flatten(), ref[1].flatten(), dim=0) > 0.9
+
+
+def test_the_official_projected_gan_options_map_onto_ours():
+    """Its train.py's D_kwargs (diffaug, interp224, backbone_kwargs) build this D with only class_name changed."""
+    official = dict(diffaug=True, interp224=False, backbone_kwargs=dict(cout=32, expand=False, proj_type=1,
+                                                                         num_discs=2, separable=True, cond=0,
+                                                                         im_res=256))
+    D = ProjectedDiscriminator(c_dim=0, img_resolution=64, img_channels=3, pretrained=False, **official)
+    assert D.feature_network.feat_res == 64  # interp224=False: the images' own size
+    assert D.projection.out_channels == [32, 32, 32, 32] and len(D.discs) == 2 and D.diffaug
+    assert any(isinstance(m, torch.nn.Conv2d) and m.groups > 1 for m in D.discs[0].modules())  # separable
+    assert D(torch.zeros(2, 3, 64, 64)).shape[0] == 2
+    assert official_options(interp224=True, img_resolution=64) == {"feat_res": 224}
+    assert official_options({"cout": 64, "expand": True, "proj_type": 2, "num_discs": 4, "separable": False,
+                             "cond": 1}) == dict(proj_width=64, expand=True, proj_type=2, num_discs=4,
+                                                 separable=False, cond=1)
+    with pytest.raises(TypeError, match="backbone_kwargs has an unknown key 'coutt'"):
+        ProjectedDiscriminator(pretrained=False, feat_res=32, backbone_kwargs=dict(coutt=64))

@@ -404,7 +404,56 @@ def test_augment_pipe_is_applied_to_real_and_fake_images_before_D():
 
 def test_augment_pipe_without_report_warns_that_ada_gets_no_statistics():
     with pytest.warns(UserWarning, match="Loss/signs/real"):
-        ProjectedGANLoss("cpu", _ToyG(True), _TinyD(), augment_pipe=_Pipe())
+        ProjectedGANLoss("cpu", _ToyG(True), _TinyD(), augment_pipe=_Pipe(), report=None)
+
+
+def test_report_auto_uses_the_hosts_training_stats_when_there_is_one(monkeypatch):
+    """The default, report='auto': statistics reach the host's torch_utils.training_stats (the official Projected GAN
+    loop writes them to stats.jsonl) without a line of configuration; without that module they are dropped."""
+    seen = []
+    host = types.ModuleType("torch_utils.training_stats")
+    host.report = lambda name, value: seen.append(name)
+    monkeypatch.setitem(sys.modules, "torch_utils.training_stats", host)
+    args = ("Dmain", _imgs(2, 32), None, torch.randn(2, 8), None, 1.0, 0)
+    loss = ProjectedGANLoss("cpu", _ToyG(True), _TinyD(), blur_init_sigma=0)
+    loss.accumulate_gradients(*args)
+    assert {"Loss/scores/real", "Loss/signs/real", "Loss/D/loss"} <= set(seen) and loss._report is host.report
+    monkeypatch.setitem(sys.modules, "torch_utils.training_stats", None)  # import fails: nothing to report to
+    loss = ProjectedGANLoss("cpu", _ToyG(True), _TinyD(), blur_init_sigma=0)
+    loss.accumulate_gradients(*args)
+    assert loss._report is None
+
+
+def test_a_synthesis_that_takes_the_label_gets_it():
+    """Projected GAN's FastGAN: synthesis(ws, c) needs the label (its conditional BatchNorm reads it); StyleGAN3's
+    synthesis(ws, **kwargs) must not get it (it passes **kwargs on to layers that reject c)."""
+    calls = []
+
+    class Mapping(torch.nn.Module):
+        def forward(self, z, c, **kwargs):
+            return z.unsqueeze(1)
+
+    class SynthesisWithC(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, ws, c, **kwargs):
+            calls.append(("c", c, kwargs))
+            return (ws[:, 0, :3, None, None] * self.w).expand(-1, 3, 32, 32).tanh()
+
+    class SynthesisKwargs(SynthesisWithC):
+        def forward(self, ws, **kwargs):
+            calls.append(("kwargs", None, kwargs))
+            return (ws[:, 0, :3, None, None] * self.w).expand(-1, 3, 32, 32).tanh()
+
+    c = torch.eye(2)
+    for synthesis in (SynthesisWithC(), SynthesisKwargs()):
+        G = torch.nn.Module()
+        G.mapping, G.synthesis = Mapping(), synthesis
+        ProjectedGANLoss("cpu", G, _TinyD(), blur_init_sigma=0, report=None).run_G(torch.randn(2, 8), c)
+    assert calls[0][0] == "c" and calls[0][1] is c and calls[0][2] == {}
+    assert calls[1] == ("kwargs", None, {})
 
 
 def test_labels_ignored_by_an_unconditional_D_are_warned_about():
@@ -428,13 +477,13 @@ def test_report_by_callable_by_dotted_name_or_not_at_all(monkeypatch):
     fake = types.ModuleType("fake_host_stats")
     fake.report = lambda name, value: imports.append(name)
     monkeypatch.setitem(sys.modules, "fake_host_stats", fake)
-    # The host's training_stats is never looked up implicitly, even when importable.
+    # report=None: the host's training_stats is never looked up, even when importable.
     implicit = types.ModuleType("torch_utils.training_stats")
     implicit.report = lambda name, value: pytest.fail("report=None must stay silent")
     monkeypatch.setitem(sys.modules, "torch_utils.training_stats", implicit)
     args = ("Gmain", _imgs(2, 32), None, torch.randn(2, 8), None, 1.0, 0)
 
-    ProjectedGANLoss("cpu", _ToyG(True), _TinyD(), blur_init_sigma=0).accumulate_gradients(*args)
+    ProjectedGANLoss("cpu", _ToyG(True), _TinyD(), blur_init_sigma=0, report=None).accumulate_gradients(*args)
 
     loss = ProjectedGANLoss("cpu", _ToyG(True), _TinyD(), blur_init_sigma=0, report="fake_host_stats.report")
     assert loss._report == "fake_host_stats.report"  # Resolved lazily, in the training process.

@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import stat
 import zipfile
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
@@ -71,8 +72,19 @@ def list_folder_files(root: str, warn: Optional[Callable[[str], None]] = None) -
             keep.append(d)
         dirnames[:] = keep
         for f in filenames:
-            if not f.startswith('.'):
-                fnames.append(os.path.relpath(os.path.join(dirpath, f), root).replace(os.sep, '/'))
+            if f.startswith('.'):
+                continue
+            full = os.path.join(dirpath, f)
+            # Only regular files (or links to them): opening a FIFO, socket or device would block or never end.
+            try:
+                regular = stat.S_ISREG(os.stat(full).st_mode)
+            except OSError:
+                regular = False  # a dangling link: nothing to read
+            if not regular:
+                if warn is not None:
+                    warn(f'{full} is not a regular file (a pipe, socket, device or broken link); skipped')
+                continue
+            fnames.append(os.path.relpath(full, root).replace(os.sep, '/'))
     return sorted(fnames)
 
 
@@ -80,6 +92,11 @@ def list_folder_files(root: str, warn: Optional[Callable[[str], None]] = None) -
 # dataset.json parsing, shared with dataset_tool.py.
 
 Label = Union[int, Tuple[float, ...]]
+# Class indices go up to MAX_CLASSES - 1: labels become one-hot vectors of (largest index + 1) numbers, so one
+# stray huge index would make every label gigabytes.
+MAX_CLASSES = 100_000
+# dataset.json is read whole: 512 MiB is far above what the labels of any dataset take.
+MAX_LABELS_BYTES = 512 << 20
 
 
 def parse_labels_json(data: Union[str, bytes], where: str) -> Optional[Dict[str, Label]]:
@@ -113,6 +130,9 @@ def parse_labels_json(data: Union[str, bytes], where: str) -> Optional[Dict[str,
         if isinstance(value, int) and not isinstance(value, bool):
             if value < 0:
                 fail(f'labels[{i}] ("{name}"): class index must be >= 0, got {value}')
+            if value >= MAX_CLASSES:
+                fail(f'labels[{i}] ("{name}"): class index {value} is too large: classes are numbered 0..C-1 with C '
+                     f'at most {MAX_CLASSES:,} (each label becomes a one-hot vector of C numbers)')
             this_kind = 'int'
         elif isinstance(value, list) and len(value) > 0 and all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
@@ -148,6 +168,20 @@ def labels_to_array(labels: Dict[str, Label], names: List[str], where: str) -> n
 # ----------------------------------------------------------------------------
 # Decoding.
 
+def float_pixels_to_uint8(image: PIL.Image.Image) -> np.ndarray:
+    """A 32-bit float image (mode 'F', e.g. a float TIFF) -> uint8 [H, W]. Float images hold either [0, 1] (what
+    scientific and HDR tools write) or [0, 255]: values within [0, 1] are scaled by 255. Any other range, NaN or
+    infinity raises ValueError (a silent guess would give an all-black or saturated dataset)."""
+    values = np.asarray(image, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError('floating-point pixels include NaN or infinity')
+    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if lo < 0 or hi > 255:
+        raise ValueError(f'floating-point pixels range over [{lo:g}, {hi:g}], neither [0, 1] nor [0, 255]; '
+                         f'convert the image to 8 bits')
+    return (values * (255 if hi <= 1 else 1)).round().clip(0, 255).astype(np.uint8)
+
+
 def image_to_array(image: PIL.Image.Image) -> np.ndarray:
     """Decoded PIL image -> uint8 [C, H, W]. Grayscale stays 1 channel, alpha is kept as a channel."""
     mode = image.mode
@@ -155,7 +189,7 @@ def image_to_array(image: PIL.Image.Image) -> np.ndarray:
         # Pillow's convert('L') clips 16-bit values instead of scaling them.
         array = (np.asarray(image, dtype=np.float64) / 257).round().clip(0, 255).astype(np.uint8)
     elif mode == 'F':
-        array = np.asarray(image, dtype=np.float64).round().clip(0, 255).astype(np.uint8)
+        array = float_pixels_to_uint8(image)
     elif mode in ('1', 'L', 'RGB', 'RGBA', 'LA'):
         array = np.asarray(image.convert('L') if mode == '1' else image, dtype=np.uint8)
     elif mode in ('P', 'PA'):
@@ -316,7 +350,11 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             return None
         where = self._describe(LABELS_FILENAME)
         with self._open_file(LABELS_FILENAME) as f:
-            labels = parse_labels_json(f.read(), where)
+            data = f.read(MAX_LABELS_BYTES + 1)  # never more than the limit into memory
+        if len(data) > MAX_LABELS_BYTES:
+            raise DatasetError(f'{where}: larger than {MAX_LABELS_BYTES:,} bytes; a labels file of this size is not '
+                               f'one (labels take ~50 bytes per image)')
+        labels = parse_labels_json(data, where)
         if labels is None:
             return None
         return labels_to_array(labels, self._image_fnames, where)

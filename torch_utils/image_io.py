@@ -38,20 +38,32 @@ def to_uint8(img: torch.Tensor) -> torch.Tensor:
     return (img * 127.5 + 128).clamp(0, 255).to(torch.uint8)
 
 
+PNG_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}  # channels -> PIL mode (alpha last, as datasets store it)
+
+
 def to_png_bytes(array: np.ndarray) -> bytes:
-    """uint8 [H, W, C] with C in (1, 3) -> PNG file contents."""
+    """uint8 [H, W, C] with C in 1..4 (gray, gray + alpha, RGB, RGBA) -> PNG file contents."""
     import io
 
-    if array.ndim != 3 or array.shape[2] not in (1, 3):
-        raise ValueError(f"cannot save an image of shape {list(array.shape)} as PNG (expected [H, W, 1 or 3])")
+    if array.ndim != 3 or array.shape[2] not in PNG_MODES:
+        raise ValueError(f"cannot save an image of shape {list(array.shape)} as PNG (expected [H, W, 1..4])")
     buf = io.BytesIO()
-    image = PIL.Image.fromarray(array[:, :, 0], "L") if array.shape[2] == 1 else PIL.Image.fromarray(array, "RGB")
-    image.save(buf, format="PNG")
+    mode = PNG_MODES[array.shape[2]]
+    PIL.Image.fromarray(array[:, :, 0] if mode == "L" else array, mode).save(buf, format="PNG")
     return buf.getvalue()
 
 
+def composite_alpha(array: np.ndarray, background: int = 255) -> np.ndarray:
+    """uint8 [..., C]: with an alpha channel (C = 2 or 4), the colour composited onto a plain background (white)
+    -> [..., C - 1]; other arrays unchanged. For outputs without alpha, such as videos."""
+    if array.shape[-1] not in (2, 4):
+        return array
+    color, alpha = array[..., :-1].astype(np.float32), array[..., -1:].astype(np.float32) / 255
+    return np.rint(color * alpha + background * (1 - alpha)).clip(0, 255).astype(np.uint8)
+
+
 def save_png(array: np.ndarray, path: str) -> None:
-    """uint8 [H, W, C] with C in (1, 3) -> PNG at `path`, written atomically (never a truncated file)."""
+    """uint8 [H, W, C] with C in 1..4 -> PNG at `path`, written atomically (never a truncated file)."""
     data = to_png_bytes(array)
     util.atomic_write(path, lambda f: f.write(data))
 

@@ -13,7 +13,7 @@ import re
 import shutil
 import tempfile
 import types
-from typing import Any, Callable, Iterator, List, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 
 class EasyDict(dict):
@@ -101,8 +101,9 @@ def format_time(seconds: float) -> str:
     return f"{s // 86400}d {(s // 3600) % 24:02d}h {(s // 60) % 60:02d}m"
 
 
-def parse_range(s: str) -> List[int]:
-    """Parse '1,2,5-10' into [1, 2, 5, 6, 7, 8, 9, 10]. Raises ValueError with a readable message."""
+def parse_range(s: str, limit: Optional[int] = None) -> List[int]:
+    """Parse '1,2,5-10' into [1, 2, 5, 6, 7, 8, 9, 10]. Raises ValueError with a readable message, also when the
+    list would hold more than `limit` numbers (checked before it is built: '0-4294967295' would take ~150 GB)."""
     if isinstance(s, (list, tuple)):
         return [int(x) for x in s]
     out = []
@@ -110,13 +111,17 @@ def parse_range(s: str) -> List[int]:
         part = part.strip()
         if not part:
             continue
-        m = re.fullmatch(r"(\d+)\s*-\s*(\d+)", part)
+        m = re.fullmatch(r"(\d{1,20})\s*-\s*(\d{1,20})", part)
         if m:
             lo, hi = int(m.group(1)), int(m.group(2))
             if hi < lo:
                 raise ValueError(f"bad range '{part}': end is smaller than start")
+            if limit is not None and len(out) + hi - lo + 1 > limit:
+                raise ValueError(f"'{s}' has {len(out) + hi - lo + 1:,} or more numbers; at most {limit:,} per call")
             out.extend(range(lo, hi + 1))
-        elif re.fullmatch(r"\d+", part):
+        elif re.fullmatch(r"\d{1,20}", part):
+            if limit is not None and len(out) >= limit:
+                raise ValueError(f"'{s}' has more than {limit:,} numbers; at most {limit:,} per call")
             out.append(int(part))
         else:
             raise ValueError(f"cannot parse '{part}' as a number or a range like 0-15")

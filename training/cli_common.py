@@ -36,12 +36,16 @@ def setup_logging() -> None:
 
 
 class FiniteFloat(click.ParamType):
-    """A float option that must be finite (no nan/inf) and, optionally, >= or > a bound."""
+    """A float option that must be finite (no nan/inf), optionally >= or > a lower bound, and at most `max`.
+
+    The upper bound keeps values that are finite but absurd (--kimg=1e306 overflows an image count; --trunc=1e308
+    overflows float32) from failing deep inside the work with a traceback.
+    """
 
     name = "float"
 
-    def __init__(self, min: Optional[float] = None, min_open: bool = False):
-        self.min, self.min_open = min, min_open
+    def __init__(self, min: Optional[float] = None, min_open: bool = False, max: Optional[float] = None):
+        self.min, self.min_open, self.max = min, min_open, max
 
     def convert(self, value, param, ctx):
         if isinstance(value, float) and math.isfinite(value):
@@ -59,6 +63,8 @@ class FiniteFloat(click.ParamType):
                           param, ctx)
             if not self.min_open and number < self.min:
                 self.fail(f"must be >= {self.min:g}, got {value}", param, ctx)
+        if self.max is not None and number > self.max:
+            self.fail(f"must be at most {self.max:g}, got {value}", param, ctx)
         return number
 
 
@@ -73,6 +79,8 @@ def write_error(err: OSError, path: str) -> str:
 
 def output_dir_problem(path: str) -> Optional[str]:
     """Why `path` cannot be (or become) a writable output directory, or None when it can."""
+    if not str(path).strip():
+        return "is empty; give a folder name"
     if os.path.exists(path) and not os.path.isdir(path):
         return f"'{path}' is a file, not a directory"
     probe = os.path.abspath(path)
@@ -102,3 +110,38 @@ def one_line(err: BaseException) -> str:
     if not lines:
         return type(err).__name__
     return " ".join(lines[:2]) + (" ..." if len(lines) > 2 else "")
+
+
+def is_inside(path: str, folder: str) -> bool:
+    """True when `path` is `folder` or lies inside it (symlinks resolved), e.g. an output inside a source folder."""
+    try:
+        path, folder = os.path.realpath(path), os.path.realpath(folder)
+    except (OSError, ValueError):
+        return False
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def available_memory_bytes() -> int:
+    """Memory this process can still use on the machine (psutil's 'available'; 8 GiB if psutil is missing)."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # psutil missing or unsupported: a conservative guess
+        return 8 << 30
+
+
+def format_bytes(n: float) -> str:
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n / 1e3:.0f} kB"
+
+
+def check_fits_in_memory(option: str, nbytes: float, what: str, available: Optional[int] = None) -> None:
+    """Fail with one line naming `option` when `nbytes` (an estimate of what it makes the command allocate) exceeds
+    the memory available, before any of that work starts."""
+    available = available_memory_bytes() if available is None else available
+    if nbytes > available:
+        raise click.BadParameter(f"{what} would need about {format_bytes(nbytes)} of memory; the machine has "
+                                 f"{format_bytes(available)} available", param_hint=f"'{option}'")

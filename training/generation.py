@@ -10,15 +10,22 @@ import numpy as np
 import torch
 
 from torch_utils import image_io, util
-from training.cli_common import one_line
+from training.cli_common import FiniteFloat, one_line
 
 # numpy's RandomState takes seeds in 0..2**32-1; a larger seed would fail deep inside numpy.
 MAX_SEED = 2**32 - 1
+# Truncation psi beyond +-100 only saturates the images, and from ~1e30 on w overflows float32.
+TRUNCATION_PSI = FiniteFloat(min=-100, max=100)
+
+
+# One call writes at most this many images or keyframes: more is a typo (and its seed list alone would not fit).
+MAX_SEEDS = 1_000_000
 
 
 def parse_seeds(text: str) -> List[int]:
-    """'0-15' or '1,5,9' -> seeds; ValueError naming the problem (bad syntax, a seed above MAX_SEED)."""
-    seeds = util.parse_range(text)
+    """'0-15' or '1,5,9' -> seeds; ValueError naming the problem (bad syntax, a seed above MAX_SEED, more than
+    MAX_SEEDS seeds)."""
+    seeds = util.parse_range(text, limit=MAX_SEEDS)
     too_big = [s for s in seeds if s > MAX_SEED]
     if too_big:
         raise ValueError(f"seed {too_big[0]} is out of range: seeds go from 0 to {MAX_SEED} (2**32-1)")

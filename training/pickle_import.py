@@ -12,8 +12,9 @@ resolves every global the file names through a fixed allow-list:
 * inert stand-ins (`StandIn`) for the known classes of the network code: they only keep the state pickle hands
   them and have no behaviour. The known classes are the modules of torch.nn (checked against torch itself), the
   classes of Projected GAN's `pg_modules` and of NVIDIA's persistent network classes (by name, from a fixed list;
-  their embedded source is kept as text, never executed), and any name in the `timm` package, which only the
-  discriminator's feature network uses and whose class names change between timm versions;
+  their embedded source is kept as text, never executed), the classes of `projector_plugin` (a host's snapshot
+  with this plugin's D), and any name in the `timm` package, which only the discriminator's feature network uses
+  and whose class names change between timm versions;
 * anything else (`os.system`, `builtins.eval`, `subprocess.Popen`, an unknown class) stops loading with a
   one-line PickleImportError naming it, before any object is built from it.
 
@@ -162,6 +163,19 @@ _TORCH_OBJECTS = frozenset([
 ])
 
 
+def _is_plugin_class(module: str, name: str) -> bool:
+    """True for a class defined in projector_plugin (a host's snapshot holds our D, e.g. StyleGAN3 with the plugin)."""
+    if module != "projector_plugin" and not module.startswith("projector_plugin."):
+        return False
+    import importlib
+
+    try:
+        obj = getattr(importlib.import_module(module), name, None)  # this toolkit's own package
+    except ImportError:
+        return False
+    return isinstance(obj, type) and obj.__module__ == module
+
+
 def _is_torch_module_class(module: str, name: str) -> bool:
     """True for 'torch.nn.modules.x' / 'torch.ao.nn.*' / 'torch.nn.quantized.*' paths of real nn.Module classes."""
     if not (module.startswith(("torch.nn.modules.", "torch.ao.nn.", "torch.nn.quantized."))):
@@ -307,7 +321,7 @@ class RestrictedUnpickler(pickle.Unpickler):
             return getattr(torch, name)
         if path in _TORCH_OBJECTS or _is_torch_module_class(module, name):
             return stand_in_class(path)
-        if name in _OFFICIAL_CLASSES.get(module, ()):
+        if name in _OFFICIAL_CLASSES.get(module, ()) or _is_plugin_class(module, name):
             return stand_in_class(path)
         if (module == "timm" or module.startswith("timm.")) and re.fullmatch(r"[A-Za-z_]\w*", name):
             return stand_in_class(path)

@@ -35,6 +35,7 @@ crash, even SIGKILL, leaves the previous file or the new one, never a truncated 
 import copy
 import glob
 import hashlib
+import inspect
 import json
 import os
 import random
@@ -180,6 +181,31 @@ def check_spec(spec: Any, path: str = None, extra_classes: Iterable[str] = (), w
     check_plain_data({k: v for k, v in spec.items() if k != "class_name"}, path, f"the kwargs of {spec['class_name']}")
 
 
+def check_state_fits(spec: Dict[str, Any], state: Dict[str, torch.Tensor], path: str = None,
+                     extra_classes: Iterable[str] = (), what: str = "G", optional=()) -> None:
+    """Build the network of `spec` on the meta device (shapes only, no memory) and compare every tensor's name and
+    shape with `state` (a stored state dict), so that a config that does not match its weights (e.g. a crafted
+    `ngf` far larger than the file's tensors) is refused before anything is allocated. Keys in `optional` may be
+    missing from `state`. Networks whose construction has no meta-device support are not checked here (loading
+    their state checks them after the build)."""
+    try:
+        with torch.device("meta"):
+            net = build_network(spec, extra_classes, device="meta", path=path)
+    except (NotImplementedError, RuntimeError):
+        return
+    own = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    stored = {k: tuple(v.shape) for k, v in state.items()}
+    missing = sorted(set(own) - set(stored) - set(optional))
+    unexpected = sorted(set(stored) - set(own))
+    wrong = sorted(k for k in set(own) & set(stored) if own[k] != stored[k])
+    if missing or unexpected or wrong:
+        details = "; ".join(part for part in (
+            f"missing {missing[:3]}" if missing else "", f"unexpected {unexpected[:3]}" if unexpected else "",
+            "shapes differ: " + ", ".join(f"{k} stored {list(stored[k])}, config gives {list(own[k])}"
+                                          for k in wrong[:2]) if wrong else "") if part)
+        raise SnapshotError(f"'{path}': the {what} weights do not fit the network its config describes ({details})")
+
+
 def build_network(spec: Dict[str, Any], extra_classes: Iterable[str] = (), device: Any = "cpu",
                   path: str = None) -> torch.nn.Module:
     """Construct a network from a resolved {'class_name': ..., **kwargs} config (e.g. a snapshot's `networks['G']`).
@@ -209,7 +235,18 @@ def dataset_kwargs_from_snapshot(data: Dict[str, Any], path: str = None,
         return None
     check_spec(kwargs, path, extra_classes, what="a dataset")
     # Like networks: a name the user allowed must still be a class (not e.g. a function that runs a command).
-    _resolve_allowed_class(kwargs["class_name"], path, extra_classes, "a dataset")
+    cls = _resolve_allowed_class(kwargs["class_name"], path, extra_classes, "a dataset")
+    if not isinstance(kwargs.get("path"), str) or not kwargs["path"]:
+        raise SnapshotError(f"'{path}': config.training_set_kwargs.path is {kwargs.get('path')!r}, not a file or "
+                            f"folder name")
+    # Options a newer version of the dataset class added are dropped (with a note) rather than failing.
+    params = inspect.signature(cls.__init__).parameters
+    if not any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(k for k in kwargs if k != "class_name" and k not in params)
+        if unknown:
+            print(f"Note: '{path}' records dataset option(s) {', '.join(unknown)} that this version's "
+                  f"{kwargs['class_name']} does not have; ignoring them", file=sys.stderr)
+            kwargs = {k: v for k, v in kwargs.items() if k not in unknown}
     return dict(kwargs)
 
 
@@ -490,7 +527,66 @@ def load_snapshot(path: str, map_location: Any = "cpu", mmap: bool = False,
         raise SnapshotError(f"'{path}' has no 'networks' config")
     for name, spec in networks.items():
         check_spec(spec, path, extra_classes, what=f"the {name} network")
+    check_fields(data, path)
     return data
+
+
+def _field_error(path, field, value, expected):
+    shown = repr(value) if not torch.is_tensor(value) else f"a {value.dtype} tensor of shape {list(value.shape)}"
+    return SnapshotError(f"'{path}': field {field} is {shown[:80]}, expected {expected}")
+
+
+def _check_count(value, path, field):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _field_error(path, field, value, "a non-negative integer")
+
+
+def check_fields(data: Dict[str, Any], path: str) -> None:
+    """Type-check what the loaders read from a snapshot beyond the networks (a file can carry a valid checksum and
+    still hold the wrong types, e.g. made by hand): progress counts, state dicts, RNG states, loss state. Raises
+    SnapshotError naming the first bad field."""
+    progress = data.get("progress", {})
+    if not isinstance(progress, dict):
+        raise _field_error(path, "progress", progress, "a dict")
+    for key in ("cur_nimg", "cur_tick", "batch_idx"):
+        if key in progress:
+            _check_count(progress[key], path, f"progress.{key}")
+    for name in ("G", "G_ema", "D", "loss_state"):
+        state = data.get(name)
+        if state is None:
+            continue
+        if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+            raise _field_error(path, name, type(state).__name__ if not isinstance(state, dict) else "a dict holding "
+                               "non-tensors", "a dict of tensors (a state dict)")
+    rng = data.get("rng")
+    if rng is None:
+        return
+    if not isinstance(rng, dict):
+        raise _field_error(path, "rng", rng, "a dict")
+    if "torch" in rng and not (torch.is_tensor(rng["torch"]) and rng["torch"].dtype == torch.uint8):
+        raise _field_error(path, "rng.torch", rng["torch"], "a uint8 tensor")
+    if "cuda" in rng and not (isinstance(rng["cuda"], list) and all(torch.is_tensor(t) for t in rng["cuda"])):
+        raise _field_error(path, "rng.cuda", rng["cuda"], "a list of tensors")
+    npst = rng.get("numpy")
+    if npst is not None:
+        if not isinstance(npst, dict) or not isinstance(npst.get("kind"), str):
+            raise _field_error(path, "rng.numpy", npst, "a dict with kind, key, pos, has_gauss, cached_gaussian")
+        key = npst.get("key")
+        if not (torch.is_tensor(key) and key.shape == (624,) and not key.is_floating_point()):
+            raise _field_error(path, "rng.numpy.key", key, "624 integers")
+        for k in ("pos", "has_gauss"):
+            _check_count(npst.get(k), path, f"rng.numpy.{k}")
+        if not isinstance(npst.get("cached_gaussian"), float):
+            raise _field_error(path, "rng.numpy.cached_gaussian", npst.get("cached_gaussian"), "a float")
+    pyst = rng.get("python")
+    if pyst is not None:
+        internal = pyst.get("internal") if isinstance(pyst, dict) else None
+        if not (isinstance(internal, list) and len(internal) == 625 and all(isinstance(v, int) for v in internal)):
+            raise _field_error(path, "rng.python.internal", internal, "625 integers")
+        if not isinstance(pyst.get("version"), int):
+            raise _field_error(path, "rng.python.version", pyst.get("version"), "an integer")
+        if pyst.get("gauss_next") is not None and not isinstance(pyst.get("gauss_next"), float):
+            raise _field_error(path, "rng.python.gauss_next", pyst.get("gauss_next"), "a float or None")
 
 
 def load_state(module: torch.nn.Module, data: Dict[str, Any], name: str, path: str = None) -> None:
@@ -534,6 +630,7 @@ def load_generator(path: str, which: str = "G_ema", device: Any = "cpu",
     path = resolve_network_path(path)
     if which not in data or "G" not in data["networks"]:
         raise SnapshotError(f"snapshot '{path}' has no '{which}' weights")
+    check_state_fits(data["networks"]["G"], data[which], path, extra_classes, which)
     net = build_network(data["networks"]["G"], extra_classes, device="cpu", path=path)
     load_state(net, data, which, path)
     return net.eval().requires_grad_(False).to(device)
