@@ -236,6 +236,8 @@ def build_config(opts: util.EasyDict, given, world_size: int) -> util.EasyDict:
 
             c.G_kwargs.update(official_fastgan_kwargs(cfg == "fastgan_lite"))
         default_lr = 0.0002
+    if opts.g_precision != "fp32":  # recorded only when set: configs of fp32 runs stay as they were
+        c.G_kwargs["precision"] = opts.g_precision
     for name in ("cbase", "cmax"):
         if opts[name] < 1:
             _fail(name, f"must be positive, got {opts[name]}")
@@ -363,20 +365,21 @@ def check_memory_estimate(c, common: dict, G_meta, D_meta, use_cuda: bool, given
     act_G = act_D = 0
     try:
         with torch.device("meta"):
+            # Two images per forward (BatchNorm in training mode needs more than one value per channel), halved.
             if G_meta is not None:
                 n = sum(p.numel() for p in G_meta.parameters())
                 parts["weights"] += 4 * 5 * n
-                c_in = torch.zeros([1, common["c_dim"]])
-                act_G = _activation_bytes(G_meta, torch.zeros([1, G_meta.z_dim]), c_in)
+                c_in = torch.zeros([2, common["c_dim"]])
+                act_G = _activation_bytes(G_meta, torch.zeros([2, G_meta.z_dim]), c_in) // 2
             if D_meta is not None:
                 parts["weights"] += 4 * 4 * sum(p.numel() for p in D_meta.parameters())
-                img = torch.zeros([1, channels, res, res])
-                act_D = _activation_bytes(D_meta, img, torch.zeros([1, common["c_dim"]]))
+                img = torch.zeros([2, channels, res, res])
+                act_D = _activation_bytes(D_meta, img, torch.zeros([2, common["c_dim"]])) // 2
             elif c.D_kwargs["class_name"].startswith("projector_plugin"):
                 import timm
 
                 feat_res = c.D_kwargs.get("feat_res") or 224
-                net = timm.create_model(c.D_kwargs["backbone"], pretrained=False, features_only=True)
+                net = timm.create_model(c.D_kwargs["backbone"], pretrained=False, features_only=True).eval()
                 parts["weights"] += 4 * (sum(p.numel() for p in net.parameters()) + 4 * 10_000_000)  # + mini-Ds
                 act_D = 2 * _activation_bytes(net, torch.zeros([1, 3, feat_res, feat_res]))  # + projection, mini-Ds
     except (NotImplementedError, RuntimeError, TypeError, ValueError):
@@ -393,10 +396,11 @@ def check_memory_estimate(c, common: dict, G_meta, D_meta, use_cuda: bool, given
         option = "ngf" if c.G_kwargs["class_name"].endswith("networks_fastgan.Generator") else "cbase"
         cause = f"the networks' weights and optimizer states ({cli_common.format_bytes(parts['weights'])})"
     else:
-        option = "feat-res" if given("feat_res") and act_D > act_G else ("batch-gpu" if given("batch_gpu")
-                                                                           else "batch")
+        option = "batch-gpu" if given("batch_gpu") else "batch"
+        per_image = (f"{cli_common.format_bytes(act_G)} through G and {cli_common.format_bytes(act_D)} through D "
+                     f"per image" + (", D's at --feat-res" if given("feat_res") and act_D > act_G else ""))
         cause = (f"the activations of {c.batch_gpu} images per process ({cli_common.format_bytes(parts['activations'])}"
-                 f"; --batch-gpu processes fewer at a time)")
+                 f": {per_image}; --batch-gpu processes fewer at a time)")
     _fail(option, f"training would need about {cli_common.format_bytes(total)} of memory per process, mostly "
                   f"{cause}; {where} {cli_common.format_bytes(limit)}")
 
@@ -557,7 +561,9 @@ def check_resume_compatible(path: str, c: util.EasyDict, common: dict) -> None:
         cur = dict(current)
         # Where the backbone was loaded from does not change its shape; for an imported generator, neither do the
         # options that only choose how it computes (its own code's defaults for them need not be ours).
-        ignored = ("weights",) + (("fused_modconv_default", "num_fp16_res", "conv_clamp", "init") if imported else ())
+        # The generator's training precision only chooses how it computes: a run may continue in another one.
+        ignored = ("weights", "precision") + (("fused_modconv_default", "num_fp16_res", "conv_clamp", "init")
+                                              if imported else ())
         for ignore in ignored:
             saved.pop(ignore, None)
             cur.pop(ignore, None)
@@ -903,6 +909,10 @@ class _MetricList(click.ParamType):
               "z/w 512) or 'official' (Projected GAN's code: FastGAN-lite without noise, linear output with bias, "
               "PyTorch init; StyleGAN2 z 64, w 128): train and import its models like-for-like",
               type=click.Choice(["default", "official"]), default="default", show_default=True)
+@click.option("--g-precision", help="Generator arithmetic while training: fp32, or bf16 (bfloat16 autocast of the "
+              "training copy's synthesis; float32 weights, BatchNorm, spectral norm, G_ema and evaluation). Measured "
+              "within 6%% of fp32's updates on CPU; its GPU speed is measured by benchmarks/gpu_window.py",
+              type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
 @click.option("--fp32", help="Disable mixed precision (StyleGAN2 fp16 layers, bf16 feature network on CUDA)",
               metavar="BOOL", type=bool, default=False, show_default=True)
 @click.option("--tf32", help="Allow TF32 tensor cores for float32 convolutions and matmuls on CUDA (faster on "

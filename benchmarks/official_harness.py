@@ -246,17 +246,17 @@ HOSTS = {
     "stylegan3": dict(before="    # Performance-related toggles.", after=None, lines="stylegan3",
                       args=["--cfg=stylegan2", "--gpus=1", "--batch=8", "--gamma=0", "--kimg=1", "--tick=1",
                             "--snap=1", "--metrics=none", "--workers=1", "--cbase=4096", "--cmax=64", "--aug=noaug",
-                            "--mirror=1"], resume_kimg=2, betas_shim=False),
+                            "--mirror=1"], resume_kimg=1, betas_shim=False),
     "stylegan2-ada": dict(before=None, after="        ctx.fail(err)", lines="stylegan2-ada",
                           args=["--cfg=auto", "--gpus=1", "--batch=8", "--kimg=1", "--snap=1", "--metrics=none",
-                                "--aug=noaug", "--mirror=1"], resume_kimg=2, betas_shim=False),
+                                "--aug=noaug", "--mirror=1"], resume_kimg=1, betas_shim=False),
     # Projected GAN's own code needs shim 3 whatever its D and loss: its G's Adam gets betas=[0, 0.99].
     "projected_gan": dict(replace={"class_name='training.loss.ProjectedGANLoss'":
                                    "class_name='projector_plugin.ProjectedGANLoss'",
                                    "class_name='pg_modules.discriminator.ProjectedDiscriminator'":
                                    "class_name='projector_plugin.ProjectedDiscriminator'"},
                           args=["--cfg=fastgan_lite", "--gpus=1", "--batch=8", "--kimg=1", "--tick=1", "--snap=1",
-                                "--metrics=none", "--workers=1", "--mirror=1"], resume_kimg=2, betas_shim=True,
+                                "--metrics=none", "--workers=1", "--mirror=1"], resume_kimg=1, betas_shim=True,
                           ngf=8),
 }
 
@@ -294,8 +294,9 @@ def patch_host(train_py: str, host: dict) -> str:
 
 
 def cmd_host_check(args):
-    """Copy the checkout, add the plugin the README's way, train a short run on the CPU, resume it, and print what
-    a user would check (JSON): exit codes, the loss statistics in stats.jsonl, the resumed run's blur, the files."""
+    """Copy the checkout, add the plugin the README's way, train a short run on the CPU, resume it (the NVIDIA hosts
+    count a resumed run from 0: --kimg=1 is one more kimg), and print what a user would check (JSON): exit codes,
+    the loss statistics in stats.jsonl, the resumed run's blur, the files."""
     import glob
     import json
     import shutil

@@ -130,13 +130,26 @@ def save(study: dict) -> None:
     util.atomic_write(os.path.join(study["_dir"], "study.json"), lambda f: f.write(text))
 
 
+def run_evaluated(study: dict, key: str) -> bool:
+    """True when every evaluation point of the run has all its metrics recorded (nothing left to train for)."""
+    s, run = study["settings"], study["runs"].get(key)
+    if run is None:
+        return False
+    for nimg in s["eval_points"]:
+        point = run["points"].get(str(nimg), {})
+        wanted = s["final_metrics"] if nimg == s["eval_points"][-1] else s["metrics"]
+        if not set(wanted) <= set(point.get("metrics", [])):
+            return False
+    return True
+
+
 def train_run(study: dict, arm: str, seed: int, log) -> None:
     s = study["settings"]
     key = run_key(arm, seed)
     run = study["runs"].setdefault(key, dict(arm=arm, seed=seed, points={}))
     outdir = os.path.join(study["_dir"], arm, f"s{seed}")
     run["dir"] = os.path.relpath(outdir, study["_dir"])
-    if s["eval_points"][-1] in find_snapshots(outdir):
+    if run_evaluated(study, key) or s["eval_points"][-1] in find_snapshots(outdir):
         return
     if os.path.isdir(outdir) and os.listdir(outdir):
         # An interrupted run: both loops would restart from zero anyway (the official one cannot resume exactly).
@@ -168,6 +181,8 @@ def evaluate_run(study: dict, arm: str, seed: int, log) -> None:
     s = study["settings"]
     key = run_key(arm, seed)
     run = study["runs"][key]
+    if run_evaluated(study, key):
+        return
     outdir = os.path.join(study["_dir"], run["dir"])
     snaps = find_snapshots(outdir)
     for nimg in s["eval_points"]:
@@ -261,7 +276,7 @@ def write_report(study: dict, docs_dir: str) -> dict:
     grid_study = dict(dir=study["_dir"], arm_order=[], arms={})
     for key, run in sorted(study["runs"].items(), key=lambda kv: (ARMS.index(kv[1]["arm"]), kv[1]["seed"])):
         point = run["points"].get(str(last), {})
-        if point.get("grid"):
+        if point.get("grid") and os.path.isfile(os.path.join(study["_dir"], point["grid"])):
             grid_study["arm_order"].append(key)
             grid_study["arms"][key] = dict(points={str(last): dict(grid=point["grid"])})
     if grid_study["arm_order"]:
@@ -326,6 +341,12 @@ def main(official, cfg, data, study_dir, docs_dir, arms, seeds, batch, kimg, ngf
             study = json.load(f)
         if study.get("format") != STUDY_FORMAT:
             raise click.ClickException(f"'{path}' is not a parity study")
+    recorded = os.path.join(docs_dir, f"parity_official_{cfg}.json")
+    if study is None and os.path.isfile(recorded):
+        # A new machine: the runs recorded in docs/ (by an earlier session) count as done, only the rest is trained.
+        with open(recorded) as f:
+            doc = json.load(f)
+        study = {k: doc[k] for k in ("format", "settings", "runs") if k in doc}
     study = study or dict(format=STUDY_FORMAT, runs={})
     study["_dir"] = study_dir
     if report_only:

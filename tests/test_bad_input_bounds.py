@@ -91,7 +91,8 @@ def _png_header_claiming(width, height):
 def test_an_image_declaring_gigapixels_is_refused_from_its_header(tmp_path):
     folder = tmp_path / "src"
     folder.mkdir()
-    (folder / "bomb.png").write_bytes(_png_header_claiming(100_000, 100_000))
+    # 10^8 pixels: above PIL's limit (89.5M), below the 2x at which PIL itself refuses (it only warns, then decodes)
+    (folder / "bomb.png").write_bytes(_png_header_claiming(10_000, 10_000))
     proc = _run(["dataset_tool.py", f"--source={folder}", f"--dest={tmp_path / 'out.zip'}"])
     assert proc.returncode == 1 and "decompression-bomb limit" in proc.stderr, proc.stderr
 
@@ -122,7 +123,9 @@ def test_training_that_cannot_fit_in_memory_fails_before_it_starts(tmp_path, ext
 
 def test_feat_res_far_beyond_the_images_is_refused(tmp_path):
     data = _images(tmp_path / "data")
-    result = _train(_train_args(tmp_path / "runs", data, ["--loss=projected", "--feat-res=32000"]))
+    args = [a for a in _train_args(tmp_path / "runs", data, ["--loss=projected", "--feat-res=32000"])
+            if not a.startswith(("--cbase", "--cmax"))]
+    result = _train(args)
     _one_error_line(result.output, "'--feat-res'", "from 32 to 2048")
 
 
@@ -158,7 +161,9 @@ def test_downloads_have_a_deadline():
 
 def test_a_backbone_without_offline_weights_fails_before_the_run_directory(tmp_path):
     data = _images(tmp_path / "data")
-    proc = _run(["train.py"] + _train_args(tmp_path / "runs", data, ["--loss=projected", "--backbone=resnet18"]),
+    args = [a for a in _train_args(tmp_path / "runs", data, ["--loss=projected", "--backbone=resnet18"])
+            if not a.startswith(("--cbase", "--cmax"))]
+    proc = _run(["train.py"] + args,
                 env=dict(PGAN_DOWNLOAD_TIMEOUT="20", HF_HUB_OFFLINE="1"))
     _one_error_line(proc.stderr, "'--backbone'", "--backbone-weights")
     assert not (tmp_path / "runs").exists()
@@ -268,7 +273,7 @@ def test_a_damaged_statistics_cache_is_recomputed_and_replaced(tmp_path):
 
     src = _images(tmp_path / "src", num=8)
     cache = tmp_path / "cache"
-    kwargs = dict(dataset_kwargs=dict(path=src), cache_dir=str(cache), batch_size=8)
+    kwargs = dict(dataset_kwargs=dict(path=src), cache_dir=str(cache), batch_size=8, device=torch.device("cpu"))
     opts = metric_utils.MetricOptions(**kwargs)
     first = metric_utils.compute_feature_stats_for_dataset(opts, "inception", capture_mean_cov=True).get_mean_cov()
     (cached,) = list(cache.rglob("*.npz"))
@@ -405,3 +410,23 @@ def test_out_of_memory_during_training_is_one_line(tmp_path, capsys):
     status = train.run_training(Loop, dict(run_dir=str(tmp_path)), 0, torch.device("cpu"))
     err = capsys.readouterr().err
     assert status == 1 and err.count("\n") == 1 and "out of memory" in err and "--batch-gpu" in err
+
+
+@pytest.mark.parametrize("cfg,loss", [("fastgan_lite", "projected"), ("fastgan", "stylegan2"),
+                                      ("stylegan2", "projected"), ("stylegan2", "stylegan2")])
+def test_the_memory_estimate_is_computed_for_every_configuration(tmp_path, cfg, loss):
+    """The estimate runs on the meta device; an op without a meta kernel would silently skip it, so check that it
+    yields numbers for each generator and discriminator, and that they scale with the batch."""
+    data = _images(tmp_path / "data", num=4)
+    parts = {}
+    for batch in (4, 8):
+        sg2_nets = cfg == "stylegan2" or loss == "stylegan2"
+        opts, given = train.script_options(cfg=cfg, loss=loss, data=data, batch=batch, kimg=1,
+                                           ngf=8 if cfg != "stylegan2" else None, cbase=512 if sg2_nets else None,
+                                           cmax=32 if sg2_nets else None,
+                                           feat_res=32 if loss == "projected" else None)
+        c = train.build_config(opts, given, world_size=1)
+        _, common = train.validate_and_describe(c, opts)
+        parts[batch] = train.check_memory_estimate(c, common, *c.pop("_probes"), use_cuda=False, given=given)
+    assert parts[4]["weights"] > 0 and parts[4]["activations"] > 0
+    assert parts[8]["activations"] == 2 * parts[4]["activations"] and parts[8]["weights"] == parts[4]["weights"]

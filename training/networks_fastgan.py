@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn.utils import parametrizations
 
 from projector_plugin.spectral_norm import SNConv2d
-from training.layers import normalize_2nd_moment
+from training.layers import check_precision, no_autocast, normalize_2nd_moment, training_autocast
 
 # Channel multipliers of ngf per resolution: FastGAN's table (nfc_multi).
 _CHANNEL_MULTIPLIER = {4: 16, 8: 8, 16: 4, 32: 2, 64: 2, 128: 1, 256: 0.5, 512: 0.25, 1024: 0.125}
@@ -127,7 +127,8 @@ def sn_conv3x3(conv, x, up=False):
     the input has fewer than FUSED_UP_MIN_POSITIONS positions.
     """
     n, _, h, w = x.shape
-    sigma = conv.sigma()  # once per call: in training mode this runs the power iteration
+    with no_autocast(x.device):  # the power iteration and sigma in float32, also under bf16 autocast
+        sigma = conv.sigma()  # once per call: in training mode this runs the power iteration
     scale_output = n * conv.out_channels * h * w * (4 if up else 1) < conv.weight.numel()
     weight = conv.weight if scale_output else conv.weight / sigma
     if not up:
@@ -206,7 +207,7 @@ class InitLayer(nn.Module):
 
     def forward(self, w):
         x = w.reshape(w.shape[0], -1, 1, 1)
-        return self.act(self.norm(self.conv(x)))
+        return self.act(self.norm(self.conv(x).float()))  # BatchNorm in float32 (under bf16 autocast too)
 
 
 class UpBlock(nn.Module):
@@ -232,7 +233,7 @@ class UpBlock(nn.Module):
 
     def forward(self, x, noise_mode='random'):
         for i, (conv, noise, norm) in enumerate(zip(self.convs, self.noises, self.norms)):
-            x = sn_conv3x3(conv, x, up=i == 0)
+            x = sn_conv3x3(conv, x, up=i == 0).float()  # noise, BatchNorm and GLU in float32 (under bf16 too)
             if self.use_noise:
                 x = noise(x, noise_mode=noise_mode)
             x = self.act(norm(x))
@@ -260,7 +261,7 @@ class SkipLayerExcitation(nn.Module):
         )
 
     def forward(self, feat_small, feat_big):
-        return feat_big * self.gate(feat_small)
+        return feat_big * self.gate(feat_small).float()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -322,8 +323,9 @@ class FastganSynthesis(nn.Module):
     """ws [N, 1, w_dim] -> img [N, img_channels, R, R]: in [-1, 1] (tanh), or unbounded with tanh=False."""
 
     def __init__(self, w_dim, img_resolution, img_channels, ngf=128, lite=False, noise=True, tanh=True,
-                 rgb_bias=False, init='fastgan'):
+                 rgb_bias=False, init='fastgan', precision='fp32'):
         super().__init__()
+        self.precision = check_precision(precision)
         self.w_dim, self.img_resolution, self.img_channels = w_dim, img_resolution, img_channels
         self.ngf, self.lite = ngf, lite
         self.noise, self.tanh, self.rgb_bias, self.init_scheme = bool(noise), bool(tanh), bool(rgb_bias), init
@@ -351,15 +353,16 @@ class FastganSynthesis(nn.Module):
         del update_emas, force_fp32, fused_modconv
         if ws.ndim != 3 or ws.shape[2] != self.w_dim:
             raise ValueError(f'FastGAN synthesis: expected ws of shape [N, num_ws, {self.w_dim}], got {list(ws.shape)}')
-        feats = {4: self.init(ws[:, 0].to(torch.float32))}
-        sle_sources = {t: s for s, t in self.sle_pairs}
-        x = feats[4]
-        for res in self.resolutions:
-            x = self.blocks[str(res)](x, noise_mode=noise_mode)
-            if res in sle_sources:
-                x = self.sle[str(res)](feats[sle_sources[res]], x)
-            feats[res] = x
-        img = self.to_rgb(x)
+        with training_autocast(self, ws.device, self.precision):
+            feats = {4: self.init(ws[:, 0].to(torch.float32))}
+            sle_sources = {t: s for s, t in self.sle_pairs}
+            x = feats[4]
+            for res in self.resolutions:
+                x = self.blocks[str(res)](x, noise_mode=noise_mode)
+                if res in sle_sources:
+                    x = self.sle[str(res)](feats[sle_sources[res]], x)
+                feats[res] = x
+            img = self.to_rgb(x).float()
         return torch.tanh(img) if self.tanh else img
 
     def extra_repr(self):
@@ -382,6 +385,9 @@ class Generator(nn.Module):
                         128:1, 256:1/2, 512:1/4, 1024:1/8}[r].
         lite:           single-conv up-blocks (Projected GAN's 'fastgan_lite' config) instead of
                         the two-conv "comp" blocks.
+        precision:      'fp32', or 'bf16': the synthesis of the training copy (train mode) runs under
+                        bfloat16 autocast, with BatchNorm, noise, gates and spectral-norm estimates
+                        in float32 and float32 weights; G_ema and evaluation stay float32.
         noise, tanh, rgb_bias, init: noise injection in the up-blocks, tanh on the output, a bias in
                         the last conv, and 'fastgan' (N(0, 0.02) weights, BN gammas N(1, 0.02)) or
                         'torch' (PyTorch's default) init. The defaults are FastGAN's; Projected GAN's
@@ -391,7 +397,8 @@ class Generator(nn.Module):
     """
 
     def __init__(self, z_dim=256, c_dim=0, w_dim=256, img_resolution=256, img_channels=3, mapping_kwargs={},
-                 ngf=128, lite=False, noise=True, tanh=True, rgb_bias=False, init='fastgan', **synthesis_kwargs):
+                 ngf=128, lite=False, noise=True, tanh=True, rgb_bias=False, init='fastgan', precision='fp32',
+                 **synthesis_kwargs):
         super().__init__()
         if img_resolution not in (32, 64, 128, 256, 512, 1024):
             raise ValueError(f'FastGAN: img_resolution must be a power of two in 32..1024, got {img_resolution}')
@@ -405,7 +412,7 @@ class Generator(nn.Module):
         self.img_resolution, self.img_channels = img_resolution, img_channels
         _conv_class(init)  # validates `init`
         self.synthesis = FastganSynthesis(w_dim, img_resolution, img_channels, ngf=ngf, lite=lite, noise=noise,
-                                          tanh=tanh, rgb_bias=rgb_bias, init=init)
+                                          tanh=tanh, rgb_bias=rgb_bias, init=init, precision=precision)
         self.num_ws = self.synthesis.num_ws
         self.mapping = FastganMapping(z_dim, c_dim, w_dim, **mapping_kwargs)
         if init == 'fastgan':

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from torch_utils.ops import bias_act, conv2d_resample, upfirdn2d
-from training.layers import normalize_2nd_moment
+from training.layers import autocast_enabled, check_precision, normalize_2nd_moment, training_autocast
 
 
 def activation_gain(activation):
@@ -381,8 +381,10 @@ class SynthesisBlock(nn.Module):
         del update_emas
         check_shape(ws, [None, self.num_conv + self.num_torgb, self.w_dim], 'synthesis block ws')
         w_iter = iter(ws.unbind(dim=1))
-        # Mixed precision only where it pays off and is supported: CUDA.
-        if ws.device.type != 'cuda':
+        # Mixed precision only where it pays off and is supported: CUDA. Under the synthesis network's bf16
+        # autocast (precision='bf16') autocast picks each op's dtype: the block's own fp16 casts step aside.
+        autocast = autocast_enabled(ws.device)
+        if ws.device.type != 'cuda' or autocast:
             force_fp32 = True
         dtype = torch.float16 if self.use_fp16 and not force_fp32 else torch.float32
         memory_format = torch.channels_last if self.channels_last and not force_fp32 else torch.contiguous_format
@@ -411,6 +413,8 @@ class SynthesisBlock(nn.Module):
             x = self.conv0(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
             x = self.conv1(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
 
+        if autocast:
+            x = x.to(dtype)  # activations between blocks in float32 (what the block's dtype contract says)
         if img is not None:
             half = self.resolution // 2
             check_shape(img, [None, self.img_channels, half, half], 'synthesis block img')
@@ -450,9 +454,10 @@ class SynthesisNetwork(nn.Module):
     """
 
     def __init__(self, w_dim, img_resolution, img_channels, channel_base=32768, channel_max=512, num_fp16_res=4,
-                 **block_kwargs):
+                 precision='fp32', **block_kwargs):
         super().__init__()
         _check_resolution(img_resolution, 'SynthesisNetwork')
+        self.precision = check_precision(precision)
         self.w_dim, self.img_resolution, self.img_channels = w_dim, img_resolution, img_channels
         self.img_resolution_log2 = int(np.log2(img_resolution))
         self.num_fp16_res = num_fp16_res
@@ -485,9 +490,10 @@ class SynthesisNetwork(nn.Module):
             w_idx += block.num_conv
 
         x = img = None
-        for res, cur_ws in zip(self.block_resolutions, block_ws):
-            block = getattr(self, f'b{res}')
-            x, img = block(x, img, cur_ws, noise_mode=noise_mode, update_emas=update_emas, **block_kwargs)
+        with training_autocast(self, ws.device, self.precision):  # precision='bf16': the training copy only
+            for res, cur_ws in zip(self.block_resolutions, block_ws):
+                block = getattr(self, f'b{res}')
+                x, img = block(x, img, cur_ws, noise_mode=noise_mode, update_emas=update_emas, **block_kwargs)
         return img
 
     def extra_repr(self):
@@ -505,7 +511,8 @@ class Generator(nn.Module):
         mapping_kwargs:        MappingNetwork options (num_layers=8, lr_multiplier=0.01, ...).
         **synthesis_kwargs:    SynthesisNetwork / SynthesisBlock options: channel_base=32768,
                                channel_max=512, num_fp16_res=4, conv_clamp=256, architecture='skip',
-                               fused_modconv_default=True, ...
+                               fused_modconv_default=True, precision='fp32' (or 'bf16': the training copy's
+                               synthesis under bfloat16 autocast; G_ema and evaluation stay float32), ...
     """
 
     def __init__(self, z_dim, c_dim, w_dim, img_resolution, img_channels, mapping_kwargs={}, **synthesis_kwargs):
