@@ -90,8 +90,11 @@ def worker_train(a):
     s, variant = a["sizes"], a["variant"]
     with open(a["config"], encoding="utf-8") as f:
         c = util.EasyDict(json.load(f))
-    d_kwargs = dict(TIMED_VARIANTS[variant])
+    d_kwargs = dict(a.get("variant_kwargs") or TIMED_VARIANTS[variant])
     c.allow_tf32 = d_kwargs.pop("tf32", False)
+    g_precision = d_kwargs.pop("g_precision", "fp32")
+    if g_precision != "fp32":
+        c.G_kwargs["precision"] = g_precision
     c.D_kwargs.update(d_kwargs)
     step_kimg = s["batch"] / 1000
     c.update(total_kimg=(1 + 2 * s["steps"]) * step_kimg, kimg_per_tick=s["steps"] * step_kimg,
@@ -190,14 +193,21 @@ def make_dataset(root: str, res: int, num: int) -> str:
 
 
 class Check:
+    # Training variants the train step times (the optional ones, beyond `required_variants`, are skipped first when
+    # time runs short), and the file the results go to. Subclasses (gpu_window.py) change them.
+    variants = TIMED_VARIANTS
+    required_variants = tuple(VARIANTS)
+    filename = "gpu_check.json"
+
     def __init__(self, out_dir, deadline, dry_run, force):
         self.out_dir, self.dry_run, self.force = out_dir, dry_run, force
-        self.path = os.path.join(out_dir, "gpu_check.json")
+        self.path = os.path.join(out_dir, self.filename)
         self.t0 = time.time()
         self.deadline = deadline
         self.sizes = sizes(dry_run)
         self.data = self._load()
         self.pending = list(STEPS)  # The steps of this invocation, in order (main() sets them).
+        self.current_step = None
 
     def _load(self):
         fresh = dict(schema=SCHEMA, dry_run=self.dry_run, sizes=self.sizes, steps={})
@@ -281,6 +291,7 @@ class Check:
         if budget is None:
             return
         t0 = time.time()
+        self.current_step = name
         entry = fn(budget)
         entry["seconds"] = round(time.time() - t0, 2)
         self.record(name, entry)
@@ -332,20 +343,21 @@ class Check:
         if config is None:
             return dict(status="failed", reason=reason)
         out = dict(status="ok", cfg=s["cfg"], res=s["res"], batch=s["batch"])
-        for variant in TIMED_VARIANTS:
-            left = self.remaining() - self.reserve("train")
-            if variant not in VARIANTS and left < self.min_budget("train"):  # The optional one: skip, not fail.
+        step = self.current_step or "train"
+        for variant, kwargs in self.variants.items():
+            left = self.remaining() - self.reserve(step)
+            if variant not in self.required_variants and left < self.min_budget(step):  # optional: skip, not fail
                 out[variant] = dict(status="skipped", reason=f"deadline: {left:.0f} s left for it")
                 continue
             run_dir = os.path.join(self.out_dir, "work", f"train-{variant}")
-            r = self.run_worker("train", dict(sizes=s, variant=variant, config=config, run_dir=run_dir),
-                                max(left - 5, 1))
+            r = self.run_worker("train", dict(sizes=s, variant=variant, variant_kwargs=kwargs, config=config,
+                                              run_dir=run_dir), max(left - 5, 1))
             out[variant] = r
             if r.get("status") != "ok":
                 out.update(status="failed", reason=f"{variant}: {r.get('reason')}")
                 break
         if out["status"] == "ok":
-            for variant in TIMED_VARIANTS:
+            for variant in self.variants:
                 if variant != "plain" and out[variant].get("status") == "ok":
                     out[f"speedup_{variant}_vs_plain"] = out["plain"]["sec_per_kimg"] / out[variant]["sec_per_kimg"]
         return out
@@ -356,7 +368,7 @@ class Check:
     def fid(self, budget):
         t0 = time.time()
         data = self.dataset()  # (creates the work folder too)
-        train = self.data["steps"].get("train", {})
+        train = self.data["steps"].get("train") or self.data["steps"].get("speed") or {}
         snap, source = (train.get("fast") or {}).get("snapshot"), "train"
         if not snap or not os.path.isfile(snap):
             # The train step did not run here or its files are gone (a fresh machine): time the metric on an

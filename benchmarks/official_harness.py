@@ -147,7 +147,8 @@ def cmd_train(args, train_args):
     from training import training_loop
 
     torch.utils.data.Sampler.__init__ = lambda self, *args, **kwargs: None  # shim 6
-    training_loop.torch = _cpu_torch_proxy()
+    if not args.cuda:  # on a GPU machine their loop runs as written (their CUDA kernels, their events)
+        training_loop.torch = _cpu_torch_proxy()
     training_loop.pickle = _snapshot_copier(pickle)
     launch = getattr(their_train, "launch_training", None)
     if launch is None:  # StyleGAN2-ADA's train.py has no launch function to wrap: no config shims there
@@ -364,6 +365,7 @@ def main():
     p.add_argument("--ngf", type=int, default=None, help="FastGAN width (their default 128)")
     p.add_argument("--no-image-snapshots", action="store_true", help="sample grids at the start and end only")
     p.add_argument("--no-betas-shim", action="store_true", help="leave the host's Adam betas as they are")
+    p.add_argument("--cuda", action="store_true", help="on a GPU: no CPU shims (4 and 7), their loop as written")
     p = sub.add_parser("host-check", help="the README's host lines in a copy of a host checkout: train, resume")
     p.add_argument("--host", required=True, choices=sorted(HOSTS))
     p.add_argument("--official", required=True, help="root of the host's checkout (copied, never modified)")
