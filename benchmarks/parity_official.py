@@ -81,8 +81,10 @@ def arm_args(arm: str, s: dict, seed: int, outdir: str) -> list:
         if s["cfg"] != "stylegan2":
             harness.append(f"--ngf={s['ngf']}")
         return harness + ["--"] + common
-    ours = [sys.executable, os.path.join(REPO, "train.py")] + common + [
-        "--loss=projected", "--g-arch=official", "--ema-rampup=0.05", "--img-snap=1000000", "--grid=4x4"]
+    ours = [sys.executable, os.path.join(REPO, "train.py")] + common
+    if arm in s.get("extra_arms", {}):  # an ablation: train.py with exactly these options besides the shared ones
+        return ours + ["--loss=projected", "--img-snap=1000000", "--grid=4x4"] + shlex.split(s["extra_arms"][arm])
+    ours += ["--loss=projected", "--g-arch=official", "--ema-rampup=0.05", "--img-snap=1000000", "--grid=4x4"]
     if s["cfg"] == "stylegan2":
         ours.append("--map-depth=2")  # the official StyleGAN2 config
     else:
@@ -223,6 +225,12 @@ def evaluate_run(study: dict, arm: str, seed: int, log) -> None:
 # Report.
 
 
+def arm_order(study: dict) -> list:
+    """The arms of the study: the three standard ones, then the ablations, in the order they were added."""
+    extra = list((study.get("settings") or {}).get("extra_arms", {}))
+    return [a for a in list(ARMS) + extra if any(r["arm"] == a for r in study["runs"].values())]
+
+
 def summary_rows(study: dict) -> list:
     """[dict(arm, nimg, result, mean, lo, hi, n)] over the seeds of each arm."""
     rows = []
@@ -231,8 +239,9 @@ def summary_rows(study: dict) -> list:
         for point in run["points"].values():
             for result, value in point["results"].items():
                 values.setdefault((run["arm"], point["nimg"], result), []).append(value)
-    for (arm, nimg, result), vals in sorted(values.items(), key=lambda kv: (ARMS.index(kv[0][0]), kv[0][1],
-                                                                             kv[0][2])):
+    order = arm_order(study)
+    for (arm, nimg, result), vals in sorted(values.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1],
+                                                                              kv[0][2])):
         rows.append(dict(arm=arm, nimg=nimg, result=result, mean=sum(vals) / len(vals), lo=min(vals), hi=max(vals),
                          n=len(vals), values=vals))
     return rows
@@ -262,7 +271,7 @@ def write_report(study: dict, docs_dir: str) -> dict:
 
     name = f"parity_official_{study['settings']['cfg']}"
     base = os.path.join(docs_dir, name)
-    arms = [a for a in ARMS if any(r["arm"] == a for r in study["runs"].values())]
+    arms = arm_order(study)
     rows = summary_rows(study)
     # Mean curves as a convergence 'study' (one line per arm) for its plot.
     mean_study = dict(arm_order=arms, settings=dict(baseline="official"), arms={a: dict(points={}) for a in arms})
@@ -274,7 +283,7 @@ def write_report(study: dict, docs_dir: str) -> dict:
     # Side-by-side grids at the last point: one column per arm x seed.
     last = study["settings"]["eval_points"][-1]
     grid_study = dict(dir=study["_dir"], arm_order=[], arms={})
-    for key, run in sorted(study["runs"].items(), key=lambda kv: (ARMS.index(kv[1]["arm"]), kv[1]["seed"])):
+    for key, run in sorted(study["runs"].items(), key=lambda kv: (arms.index(kv[1]["arm"]), kv[1]["seed"])):
         point = run["points"].get(str(last), {})
         if point.get("grid") and os.path.isfile(os.path.join(study["_dir"], point["grid"])):
             grid_study["arm_order"].append(key)
@@ -318,6 +327,9 @@ def write_report(study: dict, docs_dir: str) -> dict:
 @click.option("--study-dir", default=None, metavar="DIR", help="[default: runs/parity-CFG]")
 @click.option("--docs-dir", default=os.path.join(REPO, "docs"), show_default=True, metavar="DIR")
 @click.option("--arms", default=",".join(ARMS), show_default=True, help="Arms to run, in order")
+@click.option("--extra-arm", "extra_arm", multiple=True, metavar="NAME=OPTIONS",
+              help="An ablation arm: this repo's train.py with these options (besides data, batch, kimg, seed, "
+                   "snapshots); name it in --arms too")
 @click.option("--seeds", default="0,1", show_default=True, help="Seeds, run in this order (seed-major)")
 @click.option("--batch", type=int, default=16, show_default=True)
 @click.option("--kimg", type=float, default=16, show_default=True)
@@ -330,8 +342,8 @@ def write_report(study: dict, docs_dir: str) -> dict:
 @click.option("--final-metrics", default="fid5k_full,kid5k_full,pr1k3_full", show_default=True,
               help="Metrics of the last point")
 @click.option("--report-only", is_flag=True)
-def main(official, cfg, data, study_dir, docs_dir, arms, seeds, batch, kimg, ngf, cbase, cmax, mirror, points,
-         metrics, final_metrics, report_only):
+def main(official, cfg, data, study_dir, docs_dir, arms, extra_arm, seeds, batch, kimg, ngf, cbase, cmax, mirror,
+         points, metrics, final_metrics, report_only):
     """Train the arms seed by seed, evaluate each run when it finishes, and write the report."""
     study_dir = os.path.abspath(study_dir or os.path.join("runs", f"parity-{cfg}"))
     path = os.path.join(study_dir, "study.json")
@@ -359,15 +371,25 @@ def main(official, cfg, data, study_dir, docs_dir, arms, seeds, batch, kimg, ngf
     if not official or not data:
         raise click.UsageError("--official and --data are required (except with --report-only)")
     arm_list = [a.strip() for a in arms.split(",") if a.strip()]
+    extra_arms = dict((study.get("settings") or {}).get("extra_arms", {}))
+    for spec in extra_arm:
+        name, sep, options = spec.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z0-9_]+", name) or name in ARMS:
+            raise click.BadParameter(f"'{spec}' is not NAME=OPTIONS with a new name", param_hint="--extra-arm")
+        if name in extra_arms and extra_arms[name] != options:
+            raise click.BadParameter(f"arm '{name}' was recorded with options {extra_arms[name]!r}; give it another "
+                                     f"name", param_hint="--extra-arm")
+        extra_arms[name] = options
     for a in arm_list:
-        if a not in ARMS:
-            raise click.BadParameter(f"unknown arm '{a}' (known: {', '.join(ARMS)})", param_hint="--arms")
+        if a not in ARMS and a not in extra_arms:
+            raise click.BadParameter(f"unknown arm '{a}' (known: {', '.join(list(ARMS) + list(extra_arms))})",
+                                     param_hint="--arms")
     seed_list = [int(x) for x in seeds.split(",")]
     settings = dict(cfg=cfg, data=os.path.abspath(data), official=os.path.abspath(official), batch=batch, kimg=kimg,
                     ngf=ngf, cbase=cbase, cmax=cmax, mirror=mirror,
                     eval_points=eval_points(batch, kimg, [float(k) for k in points.split(",")]),
                     metrics=[m for m in metrics.split(",") if m], final_metrics=[m for m in final_metrics.split(",")
-                                                                                 if m])
+                                                                                 if m], extra_arms=extra_arms)
     old = study.get("settings")
     if old:
         for k in ("cfg", "data", "batch", "kimg", "ngf", "cbase", "cmax", "mirror"):
