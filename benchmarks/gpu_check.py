@@ -296,6 +296,27 @@ class Check:
         entry["seconds"] = round(time.time() - t0, 2)
         self.record(name, entry)
 
+    def run_all(self, steps, parser) -> int:
+        """Record the environment, run `steps` in order (each saved as it ends), and return the exit status: 0 when
+        every step is ok or skipped. Without CUDA (and not a dry run), `parser.error`."""
+        self.pending = list(steps)
+        if not self.dry_run:
+            import torch
+
+            if not torch.cuda.is_available():
+                parser.error("CUDA is not available; use --dry-run to check the wiring on CPU")
+            self.data["env"] = dict(torch=torch.__version__, cuda=torch.version.cuda,
+                                    gpu=torch.cuda.get_device_name(0), python=platform.python_version())
+        else:
+            self.data["env"] = dict(python=platform.python_version(), machine=platform.machine())
+        for name in steps:
+            self.step(name, getattr(self, name) if hasattr(self, name) else
+                      (lambda budget, name=name: self.run_worker(name, dict(sizes=self.sizes), budget)))
+        self.data["total_seconds"] = round(time.time() - self.t0, 2)
+        self.save()
+        print(f"Wrote {self.path}")
+        return 0 if all(self.data["steps"].get(s, {}).get("status") in ("ok", "skipped") for s in steps) else 1
+
     # Steps.
 
     def cuda_tests(self, budget):
@@ -419,24 +440,7 @@ def main(argv=None):
     out_dir = os.path.abspath(a.out or os.environ.get("OUT") or "gpu_check_out")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         p.error(f"--out: '{out_dir}' is a file; give a folder (gpu_check.json is written into it)")
-    check = Check(out_dir, a.deadline, a.dry_run, a.force)
-    check.pending = steps
-    if not a.dry_run:
-        import torch
-
-        if not torch.cuda.is_available():
-            p.error("CUDA is not available; use --dry-run to check the wiring on CPU")
-        check.data["env"] = dict(torch=torch.__version__, cuda=torch.version.cuda,
-                                 gpu=torch.cuda.get_device_name(0), python=platform.python_version())
-    else:
-        check.data["env"] = dict(python=platform.python_version(), machine=platform.machine())
-    for name in steps:
-        check.step(name, getattr(check, name) if hasattr(check, name) else
-                   (lambda budget, name=name: check.run_worker(name, dict(sizes=check.sizes), budget)))
-    check.data["total_seconds"] = round(time.time() - check.t0, 2)
-    check.save()
-    print(f"Wrote {check.path}")
-    return 0 if all(check.data["steps"].get(s, {}).get("status") in ("ok", "skipped") for s in steps) else 1
+    return Check(out_dir, a.deadline, a.dry_run, a.force).run_all(steps, p)
 
 
 if __name__ == "__main__":

@@ -249,8 +249,9 @@ HOSTS = {
                             "--snap=1", "--metrics=none", "--workers=1", "--cbase=4096", "--cmax=64", "--aug=noaug",
                             "--mirror=1"], resume_kimg=1, betas_shim=False),
     "stylegan2-ada": dict(before=None, after="        ctx.fail(err)", lines="stylegan2-ada",
+                          # --fp32=1: its code runs the fp16 layers in half precision on a CPU too (emulated: slow)
                           args=["--cfg=auto", "--gpus=1", "--batch=8", "--kimg=1", "--snap=1", "--metrics=none",
-                                "--aug=noaug", "--mirror=1"], resume_kimg=1, betas_shim=False),
+                                "--aug=noaug", "--mirror=1", "--fp32=1"], resume_kimg=1, betas_shim=False),
     # Projected GAN's own code needs shim 3 whatever its D and loss: its G's Adam gets betas=[0, 0.99].
     "projected_gan": dict(replace={"class_name='training.loss.ProjectedGANLoss'":
                                    "class_name='projector_plugin.ProjectedGANLoss'",

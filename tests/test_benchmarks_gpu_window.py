@@ -26,8 +26,8 @@ def test_the_speed_variants_are_the_issue_ones():
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu_window")
-    proc = subprocess.run([sys.executable, SCRIPT, "--dry-run", f"--out={out}", "--deadline=900"], cwd=REPO,
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([sys.executable, SCRIPT, "--dry-run", f"--out={out}", "--deadline=1500"], cwd=REPO,
+                          capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     with open(out / "gpu_window.json", encoding="utf-8") as f:
         return out, json.load(f)
@@ -42,8 +42,9 @@ def test_dry_run_records_every_step_in_order_of_value(dry_run):
         assert points and all("fid8_full" in results for results in points.values()), arm
     speed = data["steps"]["speed"]
     assert speed["status"] == "ok"
-    for variant in gpu_window.SPEED_VARIANTS:
+    for variant in ("fast", "fast_bf16g"):  # (the TF32 ones only on a GPU)
         assert speed[variant]["sec_per_kimg"] > 0, variant
+    assert "fast_tf32" not in speed
     assert data["steps"]["official_speed"] == dict(status="skipped", reason="no --official checkout given",
                                                    seconds=data["steps"]["official_speed"]["seconds"])
     assert data["steps"]["fid"]["status"] == "ok" and data["steps"]["fid"]["value"] > 0
