@@ -85,7 +85,11 @@ def create_run_dir(outdir: str, desc: str) -> str:
         except FileExistsError:
             continue
         owner = json.dumps(dict(host=socket.gethostname(), pid=os.getpid())).encode()
-        util.atomic_write(os.path.join(run_dir, OWNER_FILE), lambda f, data=owner: f.write(data))
+        try:
+            util.atomic_write(os.path.join(run_dir, OWNER_FILE), lambda f, data=owner: f.write(data))
+        except BaseException:  # a signal or a full disk here must not leave an ownerless run directory
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
         return run_dir
     raise RuntimeError(f"could not create a run directory under '{outdir}'")
 
@@ -470,7 +474,7 @@ def _check_projected_D(D_kwargs, res):
         from projector_plugin import feature_networks
 
         try:
-            feature_networks.load_pretrained_state_dict(backbone)
+            feature_networks.load_pretrained_state_dict(backbone, log=False)  # noted in the run's log later
         except (RuntimeError, OSError, ValueError) as err:
             _fail("backbone", f"no ImageNet weights for '{backbone}': {cli_common.one_line(err)[:300]}; give them "
                               f"with --backbone-weights=PATH (a torch.save'd state dict) to train offline")
@@ -510,7 +514,7 @@ def check_backbone_weights(path: str, backbone: str) -> None:
     if load is None:
         return
     try:
-        load(backbone, path)  # cached per process: the discriminator built later reuses it
+        load(backbone, path, log=False)  # cached per process: the discriminator built later reuses it
     except (ValueError, RuntimeError, KeyError, OSError) as err:
         _fail("backbone-weights", f"'{path}' does not fit backbone '{backbone}': {cli_common.one_line(err)[:300]}")
 

@@ -196,6 +196,7 @@ class Check:
     # Training variants the train step times (the optional ones, beyond `required_variants`, are skipped first when
     # time runs short), and the file the results go to. Subclasses (gpu_window.py) change them.
     variants = TIMED_VARIANTS
+    baseline_variant = "plain"
     required_variants = tuple(VARIANTS)
     filename = "gpu_check.json"
 
@@ -377,10 +378,11 @@ class Check:
             if r.get("status") != "ok":
                 out.update(status="failed", reason=f"{variant}: {r.get('reason')}")
                 break
-        if out["status"] == "ok":
+        base = self.baseline_variant  # speedups relative to it, measured in the same run
+        if out["status"] == "ok" and out[base].get("status") == "ok":
             for variant in self.variants:
-                if variant != "plain" and out[variant].get("status") == "ok":
-                    out[f"speedup_{variant}_vs_plain"] = out["plain"]["sec_per_kimg"] / out[variant]["sec_per_kimg"]
+                if variant != base and out[variant].get("status") == "ok":
+                    out[f"speedup_{variant}_vs_{base}"] = out[base]["sec_per_kimg"] / out[variant]["sec_per_kimg"]
         return out
 
     def d_step(self, budget):

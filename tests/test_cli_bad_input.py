@@ -279,7 +279,7 @@ def test_run_dir_is_removed_only_when_no_snapshot_was_written(tmp_path, data, mo
     runs = glob.glob(str(outdir / "00000-*"))
     assert len(runs) == (1 if kept else 0)
     if kept:
-        assert sorted(os.listdir(runs[0])) == sorted(files + ["log.txt", "training_options.json"])
+        assert sorted(os.listdir(runs[0])) == sorted(files + [".run-owner", "log.txt", "training_options.json"])
     assert (outdir / "keep-me.txt").read_text() == "user file"
 
 
@@ -305,17 +305,24 @@ def test_disk_full_is_one_line_and_exit_status_1(tmp_path, data, monkeypatch):
     assert line == f"Error: no space left on device at {os.path.join(run_dir, 'network-snapshot-000000.004.pt')}"
 
 
-def test_disk_full_writing_the_options_leaves_nothing(tmp_path, data, monkeypatch):
+@pytest.mark.parametrize("full_at", ["training_options.json", ".run-owner"])
+def test_disk_full_writing_the_options_leaves_nothing(tmp_path, data, monkeypatch, full_at):
     outdir = tmp_path / "runs"
+    real = util.atomic_write
 
     def no_space(path, write, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
+        if os.path.basename(path) == full_at:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, write, **kwargs)
 
     monkeypatch.setattr(util, "atomic_write", no_space)
     result = _invoke(_args(outdir, data["good"]))
     assert result.exit_code == 1, result.output
     (line,) = _error_lines(result.output)
-    assert line.startswith("Error: no space left on device at ") and line.endswith("training_options.json"), line
+    if full_at == ".run-owner":
+        assert line.startswith(f"Error: --outdir: cannot create a run directory under '{outdir}': no space left"), line
+    else:
+        assert line.startswith("Error: no space left on device at ") and line.endswith("training_options.json"), line
     assert not outdir.exists()
 
 

@@ -54,6 +54,10 @@ def test_save_image_grid_writes_a_png_with_the_pixels(tmp_path):
 
 def test_to_png_bytes_rejects_unsupported_channel_counts():
     with pytest.raises(ValueError, match="shape"):
-        image_io.to_png_bytes(np.zeros([4, 4, 2], np.uint8))
+        image_io.to_png_bytes(np.zeros([4, 4, 5], np.uint8))
+    with pytest.raises(ValueError, match="shape"):
+        image_io.to_png_bytes(np.zeros([4, 4], np.uint8))
+    la = PIL.Image.open(io.BytesIO(image_io.to_png_bytes(np.full([2, 2, 2], 9, np.uint8))))
+    assert la.mode == "LA" and np.asarray(la).tolist() == [[[9, 9]] * 2] * 2
     gray = PIL.Image.open(io.BytesIO(image_io.to_png_bytes(np.full([3, 5, 1], 7, np.uint8))))
     assert gray.mode == "L" and gray.size == (5, 3) and np.asarray(gray).max() == 7

@@ -35,7 +35,8 @@ REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 @contextlib.contextmanager
 def fake_modules(classes):
     """Register {'module.path': [cls, ...]} as importable modules while pickling, then remove every trace."""
-    added = []
+    added, shadowed = [], []  # a real module (timm's) gets its attribute back afterwards
+    missing = object()
     try:
         for path, members in classes.items():
             parts = path.split(".")
@@ -46,9 +47,16 @@ def fake_modules(classes):
                     added.append(name)
             for obj in members:
                 obj.__module__ = path
-                setattr(sys.modules[path], obj.__name__, obj)
+                module = sys.modules[path]
+                shadowed.append((module, obj.__name__, getattr(module, obj.__name__, missing)))
+                setattr(module, obj.__name__, obj)
         yield
     finally:
+        for module, attr, previous in reversed(shadowed):
+            if previous is missing:
+                delattr(module, attr)
+            else:
+                setattr(module, attr, previous)
         for name in reversed(added):
             del sys.modules[name]
 
@@ -515,3 +523,11 @@ def test_resume_from_an_official_pickle_trains_its_generator_with_a_fresh_D(tmp_
     key = "synthesis.blocks.8.convs.0.weight"
     delta = (trained["G"][key] - imported["G"][key]).abs().max()
     assert 0 < delta < 0.01
+
+
+def test_writing_a_stand_in_pickle_leaves_real_modules_untouched(tmp_path):
+    import timm.models.efficientnet as effnet
+    real = effnet.EfficientNet
+    G, G_ema = official_fastgan()
+    write_official_pickle(tmp_path / "official.pkl", G, G_ema)
+    assert effnet.EfficientNet is real  # later tests build the real feature network
