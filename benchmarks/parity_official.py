@@ -306,7 +306,12 @@ def write_report(study: dict, docs_dir: str) -> dict:
           table, "", "Runs:", ""]
     for key, run in sorted(study["runs"].items()):
         spk = run.get("sec_per_kimg")
-        md.append(f"- `{key}`: {spk:g} sec/kimg (median tick), `{run.get('command', '')}`" if spk else f"- `{key}`")
+        line = f"- `{key}`: {spk:g} sec/kimg (median tick)" if spk else f"- `{key}`"
+        if run.get("command"):
+            line += f", `{run['command']}`"
+        if run.get("note"):
+            line += f". {run['note']}"
+        md.append(line)
     md.append("")
     if paths["grids"]:
         md += [f"![samples at {last / 1000:g} kimg, one column per arm and seed]({os.path.basename(paths['grids'])})",
