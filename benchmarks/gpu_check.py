@@ -433,16 +433,22 @@ def main(argv=None):
         with open(a.args, encoding="utf-8") as f:
             _result(WORKERS[a.worker](json.load(f)))
         return 0
+    steps, out_dir = checked_common_args(p, a, STEPS, "gpu_check_out")
+    return Check(out_dir, a.deadline, a.dry_run, a.force).run_all(steps, p)
+
+
+def checked_common_args(p, a, known_steps, default_out):
+    """(steps, out_dir) from the --steps/--deadline/--out options shared by the GPU scripts; p.error on bad ones."""
     steps = [s.strip() for s in a.steps.split(",") if s.strip()]
-    bad = [s for s in steps if s not in STEPS]
+    bad = [s for s in steps if s not in known_steps]
     if bad:
-        p.error(f"--steps: unknown step(s) {', '.join(bad)}; choose from {', '.join(STEPS)}")
+        p.error(f"--steps: unknown step(s) {', '.join(bad)}; choose from {', '.join(known_steps)}")
     if a.deadline <= 0:
         p.error("--deadline must be positive")
-    out_dir = os.path.abspath(a.out or os.environ.get("OUT") or "gpu_check_out")
+    out_dir = os.path.abspath(a.out or os.environ.get("OUT") or default_out)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        p.error(f"--out: '{out_dir}' is a file; give a folder (gpu_check.json is written into it)")
-    return Check(out_dir, a.deadline, a.dry_run, a.force).run_all(steps, p)
+        p.error(f"--out: '{out_dir}' is a file; give a folder (the results JSON is written into it)")
+    return steps, out_dir
 
 
 if __name__ == "__main__":

@@ -132,17 +132,9 @@ def main(argv=None):
     p.add_argument("--force", action="store_true", help="redo steps already recorded as ok")
     p.add_argument("--steps", default=",".join(STEPS), help=f"comma list of steps (default: {','.join(STEPS)})")
     a = p.parse_args(argv)
-    steps = [s.strip() for s in a.steps.split(",") if s.strip()]
-    bad = [s for s in steps if s not in STEPS]
-    if bad:
-        p.error(f"--steps: unknown step(s) {', '.join(bad)}; choose from {', '.join(STEPS)}")
-    if a.deadline <= 0:
-        p.error("--deadline must be positive")
+    steps, out_dir = gpu_check.checked_common_args(p, a, STEPS, "gpu_window_out")
     if a.official and not os.path.isfile(os.path.join(a.official, "train.py")):
         p.error(f"--official: '{a.official}' has no train.py; give the root of a projected_gan checkout")
-    out_dir = os.path.abspath(a.out or os.environ.get("OUT") or "gpu_window_out")
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        p.error(f"--out: '{out_dir}' is a file; give a folder")
     official = os.path.abspath(a.official) if a.official else None
     return Window(out_dir, a.deadline, a.dry_run, a.force, official).run_all(steps, p)
 

@@ -60,7 +60,11 @@ def test_a_rerun_skips_what_is_recorded(dry_run):
 
 
 def test_bad_arguments_fail_in_one_line(tmp_path):
-    for args, fragment in ((["--steps=bogus"], "unknown step"), ([f"--official={tmp_path}"], "has no train.py")):
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    for args, fragment in ((["--steps=bogus"], "unknown step"), ([f"--official={tmp_path}"], "has no train.py"),
+                           (["--deadline=0"], "--deadline must be positive"),
+                           ([f"--out={a_file}"], "is a file; give a folder")):
         proc = subprocess.run([sys.executable, SCRIPT, "--dry-run", f"--out={tmp_path / 'o'}"] + args, cwd=REPO,
                               capture_output=True, text=True, timeout=60)
-        assert proc.returncode == 2 and fragment in proc.stderr
+        assert proc.returncode == 2 and fragment in proc.stderr, (args, proc.stderr)
