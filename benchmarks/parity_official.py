@@ -23,8 +23,9 @@ Arms (`--arms`, in this order):
 Both codebases print and snapshot at the same image counts (tick 0 after the first step, then every 1,000 images:
 batch + k*ceil(1000/batch)*batch), so the arms are compared at identical counts. Each run is one process; every
 run and evaluation is recorded in STUDY_DIR/study.json as it completes, and a rerun continues where it stopped
-(finished runs and recorded evaluations are kept). docs/parity_official_CFG.{json,md,png} and _grids.png are
-written from it.
+(finished runs and recorded evaluations are kept; a run that did not finish is trained again from zero). One runner
+per STUDY_DIR: a second one is refused while the first lives. docs/parity_official_CFG.{json,md,png} and _grids.png
+are written from it.
 """
 
 import json
@@ -143,6 +144,33 @@ def run_evaluated(study: dict, key: str) -> bool:
         if not set(wanted) <= set(point.get("metrics", [])):
             return False
     return True
+
+
+def lock_study(study_dir: str):
+    """Hold the study folder for this process (released when it exits, however it exits).
+
+    A second runner on the same folder would take the first one's training run for an interrupted one and delete
+    it under the running process; it is refused instead. Returns the open lock file: keep it open."""
+    os.makedirs(study_dir, exist_ok=True)
+    path = os.path.join(study_dir, ".runner.lock")
+    f = open(path, "a+")  # noqa: SIM115 (the lock lives as long as this file stays open)
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): unguarded, as before
+        return f
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        owner = f.read().strip() or "unknown"
+        f.close()
+        raise click.ClickException(f"--study-dir: another parity_official.py (pid {owner}) is running on "
+                                   f"'{study_dir}'; wait for it to finish or use another --study-dir") from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
 
 
 def train_run(study: dict, arm: str, seed: int, log) -> None:
@@ -375,6 +403,7 @@ def main(official, cfg, data, study_dir, docs_dir, arms, extra_arm, seeds, batch
         return
     if not official or not data:
         raise click.UsageError("--official and --data are required (except with --report-only)")
+    lock = lock_study(study_dir)  # noqa: F841 (held until the process exits)
     arm_list = [a.strip() for a in arms.split(",") if a.strip()]
     extra_arms = dict((study.get("settings") or {}).get("extra_arms", {}))
     for spec in extra_arm:

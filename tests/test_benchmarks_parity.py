@@ -107,3 +107,14 @@ def test_projected_gan_host_changes_only_the_two_class_names(tmp_path):
     assert len(before) == len(after) and len(changed) == 2
     assert "projector_plugin.ProjectedGANLoss" in changed[0][1] and "projector_plugin.ProjectedDiscriminator" in \
         changed[1][1]
+
+
+def test_a_second_runner_on_the_same_study_is_refused(tmp_path):
+    """Two runners on one study folder: the second would delete the first's training run as 'interrupted'."""
+    import click
+
+    first = parity_official.lock_study(str(tmp_path))
+    with pytest.raises(click.ClickException, match=rf"another parity_official.py \(pid {os.getpid()}\) is running"):
+        parity_official.lock_study(str(tmp_path))
+    first.close()  # the process ended
+    parity_official.lock_study(str(tmp_path)).close()
