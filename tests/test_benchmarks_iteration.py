@@ -156,3 +156,21 @@ def test_official_row_refuses_a_folder_that_is_not_a_checkout(tmp_path):
     args = types.SimpleNamespace(cfg="fastgan", res=4, batch=2, ngf=None)
     with pytest.raises(SystemExit, match="--official: .* is not a projected_gan checkout"):
         bench_iteration.make_official(str(tmp_path), args, torch.device("cpu"))
+
+
+def test_op_profile_splits_convolutions_from_the_rest():
+    x, w = torch.randn(2, 8, 32, 32, requires_grad=True), torch.randn(8, 8, 3, 3, requires_grad=True)
+    a = torch.randn(256, 256)
+
+    def conv_only():
+        torch.nn.functional.conv2d(x, w, padding=1).sum().backward()
+
+    def matmul_only():
+        for _ in range(4):
+            a @ a
+
+    conv = bench_iteration.op_profile(conv_only, "conv_only")
+    mm = bench_iteration.op_profile(matmul_only, "matmul_only")
+    assert 0 < conv["conv_s"] <= conv["aten_s"] and conv["conv_s"] > 0.5 * conv["aten_s"]
+    assert mm["conv_s"] == 0 and mm["aten_s"] > 0
+    assert any("conv" in row["op"] for row in conv["top"]) and conv["variant"] == "conv_only"
