@@ -2,8 +2,8 @@
 
     python benchmarks/bench_iteration.py --cfg fastgan --res 256 --batch 8 --threads 1 --clock cpu
     python benchmarks/bench_iteration.py --device cuda --batch 64 --clock wall
-    python benchmarks/bench_iteration.py --official /path/to/projected_gan --variants twice,reuse --feat-res 256 \
-        --threads 1 --clock cpu --profile official,twice
+    python benchmarks/bench_iteration.py --official /path/to/projected_gan --variants twice_auto,reuse --feat-res 256 \
+        --threads 1 --clock cpu --profile official,twice_auto   # their code needs: pip install dill
 
 An iteration is what training.training_loop does per step for a projected run: the Gmain phase (G forward with
 grad, D on the fakes, backward into G, Adam step), the Dmain phase (fakes, D on fakes and reals, backward, Adam
@@ -173,7 +173,6 @@ def make(variant, c, args, device):
 
 
 OFFICIAL = dict(reuse_fakes=False, g_channels_last=False, up_conv="official code")
-_SHARED_TOP_LEVEL = ("training", "torch_utils", "metrics", "dnnlib", "legacy", "train", "pg_modules")
 
 
 class _Captured(Exception):
@@ -186,7 +185,7 @@ def official_modules(checkout):
     """Within the block, `training`, `torch_utils`, `dnnlib`, ... are the checkout's; ours come back after it.
 
     Objects built inside keep working outside: their functions hold their own module globals."""
-    shadowed = {n: m for n, m in sys.modules.items() if n.split(".")[0] in _SHARED_TOP_LEVEL}
+    shadowed = {n: m for n, m in sys.modules.items() if n.split(".")[0] in official_harness.SHARED_TOP_LEVEL}
     for name in shadowed:
         del sys.modules[name]
     create_model = __import__("timm").create_model
@@ -200,7 +199,7 @@ def official_modules(checkout):
     finally:
         sys.path[:] = saved_path
         __import__("timm").create_model = create_model
-        for name in [n for n in sys.modules if n.split(".")[0] in _SHARED_TOP_LEVEL]:
+        for name in [n for n in sys.modules if n.split(".")[0] in official_harness.SHARED_TOP_LEVEL]:
             del sys.modules[name]
         sys.modules.update(shadowed)
 
@@ -243,7 +242,11 @@ def make_official(checkout, args, device):
     with official_modules(checkout), tempfile.TemporaryDirectory() as tmp:
         import dnnlib  # the checkout's
 
-        c = official_config(args, tmp)
+        try:
+            c = official_config(args, tmp)
+        except ImportError as e:  # e.g. their training loop imports dill, which this repository does not need
+            raise SystemExit(f"--official: importing its train.py failed: {e} (install what it needs, e.g. "
+                             f"'pip install dill')") from None
         if args.ngf is not None:
             c.G_kwargs.ngf = args.ngf
         torch.manual_seed(0)

@@ -44,6 +44,8 @@ import sys
 import types
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+# Top-level modules both codebases (or theirs only) define: never two versions of one in sys.modules.
+SHARED_TOP_LEVEL = ("training", "torch_utils", "metrics", "dnnlib", "legacy", "train", "pg_modules")
 
 
 def _isolate(official: str) -> None:
@@ -55,7 +57,7 @@ def _isolate(official: str) -> None:
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") not in ours]
     sys.path.insert(0, official)
     for name in list(sys.modules):
-        if name.split(".")[0] in ("training", "torch_utils", "metrics", "dnnlib", "legacy", "train"):
+        if name.split(".")[0] in SHARED_TOP_LEVEL:
             del sys.modules[name]
     os.chdir(official)
 

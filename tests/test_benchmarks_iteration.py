@@ -174,3 +174,12 @@ def test_op_profile_splits_convolutions_from_the_rest():
     assert 0 < conv["conv_s"] <= conv["aten_s"] and conv["conv_s"] > 0.5 * conv["aten_s"]
     assert mm["conv_s"] == 0 and mm["aten_s"] > 0
     assert any("conv" in row["op"] for row in conv["top"]) and conv["variant"] == "conv_only"
+
+
+def test_official_row_names_a_missing_dependency_of_their_code(checkout):
+    with open(os.path.join(checkout, "train.py"), "a") as f:
+        f.write("\nimport dill_not_installed_here\n")
+    args = types.SimpleNamespace(cfg="fastgan", res=4, batch=2, ngf=None)
+    with pytest.raises(SystemExit, match="--official: importing its train.py failed: .*dill_not_installed_here"):
+        bench_iteration.make_official(checkout, args, torch.device("cpu"))
+    assert "pg_modules" not in sys.modules and "dnnlib" not in sys.modules  # ours are back after the failure
