@@ -129,6 +129,11 @@ def _fail(param: str, message: str):
     raise click.BadParameter(message, param_hint=f"'--{param}'")
 
 
+def _separable(value: str, stylegan2_G: bool):
+    """--separable -> the D's `separable` argument. Projected GAN pairs separable mini-Ds with StyleGAN2 only."""
+    return {"auto": stylegan2_G, "1": True, "0": False, "strided": "strided"}[value]
+
+
 def _given(ctx: click.Context, name: str) -> bool:
     """True when the user set the option on the command line (not just its default)."""
     source = ctx.get_parameter_source(name)
@@ -250,7 +255,7 @@ def build_config(opts: util.EasyDict, given, world_size: int) -> util.EasyDict:
     if is_projected:
         c.D_kwargs = dict(class_name="projector_plugin.ProjectedDiscriminator", backbone=opts.backbone,
                           proj_type=opts.proj_type, num_discs=opts.num_discs, cond=bool(opts.cond), diffaug=True,
-                          separable=is_sg2_G,  # as in Projected GAN: separable mini-Ds for StyleGAN2
+                          separable=_separable(opts.separable, is_sg2_G), layout=opts.csm_layout,
                           bf16=False if opts.fp32 else None)
         if opts.backbone_weights is not None:
             c.D_kwargs["weights"] = opts.backbone_weights
@@ -903,6 +908,14 @@ class _MetricList(click.ParamType):
               type=click.IntRange(0, 2), default=2, show_default=True)
 @click.option("--num-discs", help="Projected D: mini-discriminators, one per feature level from the finest",
               metavar="INT", type=click.IntRange(1, 4), default=4, show_default=True)
+@click.option("--csm-layout", help="Projected D: layout of the random cross-scale mixing (CSM): 'official' = the "
+              "official code's (fused levels at twice the backbone resolution), 'compact' = this repository's "
+              "earlier one (levels at the backbone resolution; cheaper, but its deepest mini-D is a single linear "
+              "conv)", type=click.Choice(["official", "compact"]), default="official", show_default=True)
+@click.option("--separable", help="Projected D: depthwise-separable mini-discriminator blocks (depthwise 3x3 + "
+              "pointwise + average pooling); 'auto' = on for StyleGAN2, off for FastGAN, as in Projected GAN; "
+              "'strided' = the earlier strided-depthwise design", type=click.Choice(["auto", "1", "0", "strided"]),
+              default="auto", show_default=True)
 @click.option("--reuse-fakes", help="Projected loss: the D phase trains on the G phase's fakes of the same step "
               "(one generator forward per step instead of two; 0 = draw new fakes, as StyleGAN3's loop does)",
               metavar="BOOL", type=bool, default=True, show_default=True)

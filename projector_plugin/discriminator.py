@@ -20,7 +20,7 @@ import torch
 
 from .diffaug import DiffAugment, parse_policy
 from .feature_networks import FrozenFeatureNetwork
-from .projection import RandomProjection
+from .projection import LAYOUTS, RandomProjection
 from .spectral_norm import SNConv2d, SNLinear
 
 logger = logging.getLogger("projector_plugin")
@@ -29,9 +29,13 @@ __all__ = ["ProjectedDiscriminator", "MiniDiscriminator", "DownBlock", "BatchSta
            "HOST_KWARGS", "OFFICIAL_BACKBONE_KWARGS", "official_options"]
 
 
+SEPARABLE_CHOICES = (False, True, "strided")
+
+
 def _conv(in_channels, out_channels, kernel_size, stride=1, padding=0, separable=False):
-    """Spectral-normalised conv; `separable` factors it into a depthwise and a 1x1 pointwise conv."""
-    if not separable:
+    """Spectral-normalised conv. `separable="strided"` factors it into a depthwise conv of the same kernel and
+    stride followed by a 1x1 pointwise conv (the design of snapshots made before 2026-12-06; see DownBlock)."""
+    if separable != "strided":
         return SNConv2d(in_channels, out_channels, kernel_size, stride, padding)
     return torch.nn.Sequential(
         SNConv2d(in_channels, in_channels, kernel_size, stride, padding, groups=in_channels, bias=False),
@@ -61,13 +65,26 @@ class BatchStatsNorm2d(torch.nn.BatchNorm2d):
 
 
 class DownBlock(torch.nn.Sequential):
-    """[N, C_in, R, R] -> [N, C_out, ceil(R/2), ceil(R/2)]: strided 4x4 conv, BatchNorm (batch statistics, see
-    BatchStatsNorm2d), LeakyReLU(0.2)."""
+    """[N, C_in, R, R] -> [N, C_out, ceil(R/2), ceil(R/2)].
+
+    separable=False: strided 4x4 conv, BatchNorm (batch statistics, see BatchStatsNorm2d), LeakyReLU(0.2).
+    separable=True (Projected GAN's StyleGAN2 setting): depthwise 3x3 conv, pointwise 1x1 conv, BatchNorm,
+    LeakyReLU(0.2), 2x2 average pooling. The downsampling is the pooling, after the nonlinearity, so every input
+    position reaches the output with a smooth weight; a strided depthwise conv instead sees each channel through one
+    4x4 kernel with stride 2 (the "strided" variant, kept for older snapshots), and in our StyleGAN2-generator
+    parity run that D let G collapse onto one motif where this one did not (docs/parity_official.md).
+    """
 
     def __init__(self, in_channels, out_channels, separable=False):
-        super().__init__(_conv(in_channels, out_channels, 4, 2, 1, separable),
-                         BatchStatsNorm2d(out_channels),
-                         torch.nn.LeakyReLU(0.2, inplace=True))
+        if separable is True:
+            layers = [SNConv2d(in_channels, in_channels, 3, 1, 1, groups=in_channels, bias=False),
+                      SNConv2d(in_channels, out_channels, 1, bias=False),  # BatchNorm follows: no bias needed.
+                      BatchStatsNorm2d(out_channels), torch.nn.LeakyReLU(0.2, inplace=True),
+                      torch.nn.AvgPool2d(2, ceil_mode=True)]
+        else:
+            layers = [_conv(in_channels, out_channels, 4, 2, 1, separable), BatchStatsNorm2d(out_channels),
+                      torch.nn.LeakyReLU(0.2, inplace=True)]
+        super().__init__(*layers)
 
 
 class MiniDiscriminator(torch.nn.Module):
@@ -99,6 +116,7 @@ class MiniDiscriminator(torch.nn.Module):
         kernel = 4 if res >= 4 else res
         self.c_dim = c_dim
         self.cmap_dim = cmap_dim if c_dim > 0 else 1
+        # The logit layer is a full conv in both designs (only the legacy "strided" one factors it).
         layers.append(_conv(ch, self.cmap_dim, kernel, separable=separable))
         self.main = torch.nn.Sequential(*layers)
         self.grid = res - kernel + 1
@@ -160,11 +178,17 @@ class ProjectedDiscriminator(torch.nn.Module):
         pretrained:    False = random backbone (tests/benchmarks only: the paper's gains need ImageNet features).
         feat_res:      backbone input size; default the model's own (224 for lite0).
         proj_type:     0 = raw features, 1 = CCM, 2 = CCM + CSM.
+        layout:        CSM layout (projection.py): "official" = the official code's (fused levels at twice the
+                       backbone resolution, widths [w, w, 2w, 4w]; every mini-D has a normalised block), or
+                       "compact" = this repository's earlier one (levels at the backbone resolution, the deepest
+                       mini-D a single conv; older snapshots load with it automatically).
         proj_width, expand: CCM width of the finest level, doubled per level when `expand`.
         proj_seed:     seed of the random CCM/CSM weights.
         num_discs:     1..4 mini-discriminators, on the finest `num_discs` levels.
         cond:          projection conditioning on `c` (needs c_dim > 0).
-        separable:     depthwise-separable convs in the mini-discriminators.
+        separable:     depthwise-separable blocks in the mini-discriminators (DownBlock): True = depthwise 3x3 +
+                       pointwise + average pooling, as Projected GAN uses with StyleGAN2; "strided" = the
+                       earlier strided-depthwise design (older snapshots load with it automatically).
         diffaug, diffaug_policy: DiffAugment applied to every image D sees, real or fake.
         channels_last: run the backbone in channels_last memory format (None: auto = on; see docs/benchmarks.md
                        for the measurements behind the default).
@@ -188,8 +212,8 @@ class ProjectedDiscriminator(torch.nn.Module):
     def __init__(self, c_dim=0, img_resolution=None, img_channels=3, backbone="tf_efficientnet_lite0",
                  weights=None, pretrained=True, feat_res=None, proj_type=2, proj_width=64, expand=True,
                  proj_seed=0, num_discs=4, cond=False, separable=False, diffaug=True,
-                 diffaug_policy="color,translation,cutout", channels_last=None, bf16=None, interp224=None,
-                 backbone_kwargs=None, **host_kwargs):
+                 diffaug_policy="color,translation,cutout", channels_last=None, bf16=None, layout="official",
+                 interp224=None, backbone_kwargs=None, **host_kwargs):
         super().__init__()
         _check_host_kwargs(host_kwargs)
         official = official_options(backbone_kwargs, interp224, img_resolution)
@@ -200,6 +224,11 @@ class ProjectedDiscriminator(torch.nn.Module):
         separable = official.get("separable", separable)
         cond = official.get("cond", cond)
         feat_res = official.get("feat_res", feat_res)
+        if separable not in SEPARABLE_CHOICES:
+            raise ValueError(f"separable={separable!r}: must be False, True or 'strided'")
+        separable = separable if separable == "strided" else bool(separable)
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout={layout!r}: must be one of {', '.join(map(repr, LAYOUTS))}")
         if not isinstance(num_discs, int) or not 1 <= num_discs <= 4:
             raise ValueError(f"num_discs={num_discs}: must be an integer from 1 to 4 (one per feature level)")
         if cond and not c_dim:
@@ -229,10 +258,15 @@ class ProjectedDiscriminator(torch.nn.Module):
             # layout whatever it has run. Hosts broadcast rank 0's tensors after a module summary that ran on
             # rank 0 only, and a raw broadcast between tensors of different layouts scrambles the weights.
             self.feature_network.to(memory_format=torch.channels_last)
-        self.projection = RandomProjection(self.feature_network.channels, proj_type, proj_width, expand, proj_seed)
+        self.layout = layout
+        self.projection = RandomProjection(self.feature_network.channels, proj_type, proj_width, expand, proj_seed,
+                                           layout)
+        # Every mini-D ends on the deepest backbone level's grid. With the official CSM the levels arrive at twice
+        # the backbone's resolution, so even the deepest mini-D has a BatchNorm + LeakyReLU block before its logits.
         resolutions = self.feature_network.resolutions
         self.discs = torch.nn.ModuleList(
-            MiniDiscriminator(ch, res, grid_res=resolutions[-1], c_dim=c_dim if cond else 0, separable=separable)
+            MiniDiscriminator(ch, res * self.projection.scale, grid_res=resolutions[-1], c_dim=c_dim if cond else 0,
+                              separable=separable)
             for ch, res in zip(self.projection.out_channels[:num_discs], resolutions[:num_discs]))
 
     def train(self, mode=True):

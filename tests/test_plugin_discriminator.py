@@ -19,7 +19,14 @@ from _plugin_helpers import imgs as _imgs
 
 from metrics.detectors import tf32_disabled
 from projector_plugin import ProjectedDiscriminator, ProjectedGANLoss
-from projector_plugin.discriminator import HOST_KWARGS, BatchStatsNorm2d, MiniDiscriminator, official_options
+from projector_plugin.discriminator import (
+    HOST_KWARGS,
+    BatchStatsNorm2d,
+    DownBlock,
+    MiniDiscriminator,
+    SNConv2d,
+    official_options,
+)
 from projector_plugin.feature_networks import find_weight_package_file
 
 ReferenceDiscriminator = load_reference().ReferenceDiscriminator
@@ -110,8 +117,13 @@ def test_output_shape_for_num_discs_and_proj_type(num_discs, proj_type):
     with torch.no_grad():
         out = D(_imgs(3, 32))
     assert out.shape == (3, num_discs * 1)  # feat_res 128: deepest grid 4x4, final 4x4 conv -> 1 logit per D.
-    expected = [24, 40, 112, 320] if proj_type == 0 else [64, 128, 256, 512]
+    expected = {0: [24, 40, 112, 320], 1: [64, 128, 256, 512], 2: [64, 64, 128, 256]}[proj_type]
     assert D.projection.out_channels == expected
+    # Each mini-D starts from its level (at twice the backbone resolution with the official CSM) and halves it
+    # down to the deepest backbone level's 4x4: with the CSM even the deepest one has a normalised block.
+    scale = 2 if proj_type == 2 else 1
+    blocks = [sum(isinstance(m, DownBlock) for m in d.main) for d in D.discs]
+    assert blocks == [(3 - i) + (scale == 2) for i in range(num_discs)]
 
 
 @pytest.mark.parametrize("cond", [False, True])
@@ -131,6 +143,50 @@ def test_other_timm_backbones_and_separable_blocks():
     assert D.feature_network.channels == [64, 128, 256, 512]
     assert D(_imgs(2, 32)).shape == (2, 4)
     assert any(m.groups > 1 for m in D.discs.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+def _separable_blocks(disc):
+    return [m for m in disc.main if isinstance(m, DownBlock)]
+
+
+@pytest.mark.parametrize("feat_res", [224, 96])  # 96: a 3x3 deepest level, logit kernel 3
+def test_separable_blocks_are_depthwise_3x3_pointwise_and_pooling(feat_res):
+    """Projected GAN's StyleGAN2 setting: depthwise 3x3 + pointwise 1x1 (both without bias: BatchNorm follows), BN,
+    LeakyReLU, 2x2 average pooling; the logit layer stays a full conv. Same grids as the non-separable D."""
+    D = ProjectedDiscriminator(pretrained=False, feat_res=feat_res, separable=True, diffaug=False)
+    plain = ProjectedDiscriminator(pretrained=False, feat_res=feat_res, diffaug=False)
+    assert [d.grid for d in D.discs] == [d.grid for d in plain.discs]
+    for disc, plain_disc, c_in in zip(D.discs, plain.discs, D.projection.out_channels):
+        blocks = _separable_blocks(disc)
+        assert len(blocks) == len(_separable_blocks(plain_disc))
+        for block in blocks:
+            dw, pw, bn, act, pool = block
+            assert (dw.kernel_size, dw.stride, dw.groups, dw.bias) == ((3, 3), (1, 1), c_in, None)
+            assert pw.kernel_size == (1, 1) and pw.bias is None and isinstance(bn, BatchStatsNorm2d)
+            assert isinstance(pool, torch.nn.AvgPool2d) and pool.ceil_mode
+            c_in = pw.out_channels
+        head = disc.main[-1]
+        assert isinstance(head, SNConv2d) and head.groups == 1 and head.in_channels == c_in
+    if feat_res == 224:  # the official code's separable mini-Ds at lite0/224, counted there: ours + 1 head bias each
+        assert [sum(p.numel() for p in d.parameters()) for d in D.discs] == [190849, 186049, 177025, 142593]
+    feats = D.extract(_imgs(3, 32))
+    for disc, f in zip(D.discs, feats):
+        assert disc(f).shape == (3, disc.grid ** 2)
+    # The pooling averages (after the nonlinearity): a block's output is the mean of its 2x2 pre-pool windows.
+    block = _separable_blocks(D.discs[0])[0].eval()  # eval: no power-iteration step between the two calls
+    x = feats[0]
+    pre = torch.nn.Sequential(*list(block)[:4])(x)
+    assert torch.allclose(block(x), torch.nn.functional.avg_pool2d(pre, 2, ceil_mode=True))
+    assert block(x).shape[-1] == (x.shape[-1] + 1) // 2
+
+
+def test_separable_option_values():
+    strided = ProjectedDiscriminator(pretrained=False, feat_res=64, separable="strided")
+    dw = strided.discs[0].main[0][0][0]  # the earlier design: strided 4x4 depthwise, then pointwise
+    assert (dw.kernel_size, dw.stride, dw.groups) == ((4, 4), (2, 2), dw.in_channels)
+    assert ProjectedDiscriminator(pretrained=False, feat_res=64, separable=1).discs[0].main[0][0].kernel_size == (3, 3)
+    with pytest.raises(ValueError, match="separable=2: must be False, True or 'strided'"):
+        ProjectedDiscriminator(pretrained=False, feat_res=64, separable=2)
 
 
 def test_grayscale_images_are_accepted():
@@ -245,11 +301,17 @@ def test_fast_path_options_keep_the_logits():
 @pytest.mark.parametrize("feat_res", [64, 224])
 def test_minidisc_widths_follow_the_paper_at_any_feature_resolution(feat_res):
     """Widths double per strided block and reach 512 on the common grid: the paper's 64->128->256->512 on the
-    finest level at 224, and the same (not wider) networks at small feat_res."""
+    finest level at 224, and the same (not wider) networks at small feat_res. With the official CSM layout the
+    trainable size is the official code's (10.3M; its heads have no bias: 4 parameters fewer); the compact
+    layout's is 7.5M, its deepest mini-D a single conv."""
     D = ProjectedDiscriminator(feat_res=feat_res, pretrained=False)
     widths = [[m.out_channels for m in d.modules() if isinstance(m, torch.nn.Conv2d)] for d in D.discs]
+    assert widths == [[64, 128, 256, 512, 1], [128, 256, 512, 1], [256, 512, 1], [512, 1]]
+    assert 10.30e6 < sum(p.numel() for p in D.parameters()) < 10.34e6
+    compact = ProjectedDiscriminator(feat_res=feat_res, pretrained=False, layout="compact")
+    widths = [[m.out_channels for m in d.modules() if isinstance(m, torch.nn.Conv2d)] for d in compact.discs]
     assert widths == [[128, 256, 512, 1], [256, 512, 1], [512, 1], [1]]
-    assert 7.4e6 < sum(p.numel() for p in D.parameters()) < 7.6e6
+    assert 7.4e6 < sum(p.numel() for p in compact.parameters()) < 7.6e6
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -373,7 +435,7 @@ def test_training_through_the_loss_is_identical_with_running_stat_batchnorm():
 def test_norm_layers_keep_no_running_statistics():
     D = ProjectedDiscriminator(feat_res=64, pretrained=False)
     norms = [m for m in D.discs.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    assert len(norms) == 6 and all(isinstance(m, BatchStatsNorm2d) and not m.track_running_stats for m in norms)
+    assert len(norms) == 10 and all(isinstance(m, BatchStatsNorm2d) and not m.track_running_stats for m in norms)
     assert not any(k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in D.state_dict())
 
 

@@ -22,19 +22,24 @@ def test_weights_are_seeded_buffers_not_parameters_and_leave_the_global_rng_alon
     assert torch.equal(torch.random.get_rng_state(), state)
     assert list(a.parameters()) == []
     sd = a.state_dict()
-    assert len(sd) == 2 * (4 + 3)  # weight + bias of 4 CCM and 3 CSM convs.
+    assert len(sd) == 2 * (4 + 4)  # weight + bias of 4 CCM and 4 CSM convs (official layout).
     assert all(torch.equal(v, b.state_dict()[k]) for k, v in sd.items())
     assert not torch.equal(sd["ccm.0.weight"], other.state_dict()["ccm.0.weight"])
-    assert sd["ccm.3.weight"].shape == (512, 320, 1, 1) and sd["csm.0.weight"].shape == (64, 128, 3, 3)
+    assert sd["ccm.3.weight"].shape == (512, 320, 1, 1) and sd["csm.3.weight"].shape == (256, 512, 1, 1)
+    assert sd["csm.0.weight"].shape == (64, 64, 1, 1)
+    compact = RandomProjection(CHANNELS, seed=0, layout="compact").state_dict()
+    assert len(compact) == 2 * (4 + 3) and compact["csm.0.weight"].shape == (64, 128, 3, 3)
 
 
-@pytest.mark.parametrize("proj_type, expand, expected", [
-    (0, True, CHANNELS), (1, True, [64, 128, 256, 512]), (2, True, [64, 128, 256, 512]), (2, False, [64] * 4)])
-def test_output_channels_and_shapes(proj_type, expand, expected):
-    proj = RandomProjection(CHANNELS, proj_type=proj_type, expand=expand)
-    assert proj.out_channels == expected
+@pytest.mark.parametrize("proj_type, expand, layout, expected, scale", [
+    (0, True, "official", CHANNELS, 1), (1, True, "official", [64, 128, 256, 512], 1),
+    (2, True, "official", [64, 64, 128, 256], 2), (2, False, "official", [64] * 4, 2),
+    (2, True, "compact", [64, 128, 256, 512], 1), (2, False, "compact", [64] * 4, 1)])
+def test_output_channels_and_shapes(proj_type, expand, layout, expected, scale):
+    proj = RandomProjection(CHANNELS, proj_type=proj_type, expand=expand, layout=layout)
+    assert proj.out_channels == expected and proj.scale == scale
     out = proj(_feats())
-    assert [tuple(o.shape) for o in out] == [(2, c, r, r) for c, r in zip(expected, RES)]
+    assert [tuple(o.shape) for o in out] == [(2, c, r * scale, r * scale) for c, r in zip(expected, RES)]
 
 
 def test_raw_features_pass_through_unchanged():
@@ -43,11 +48,26 @@ def test_raw_features_pass_through_unchanged():
     assert all(o is f for o, f in zip(out, feats))
 
 
-def test_ccm_and_csm_follow_their_formulas():
+def test_official_csm_follows_its_formula():
+    """From the deepest level up: x = conv1x1(bilinear x2, align_corners=True, of (x + CCM_i)); level i's output
+    is that x, at twice level i's resolution, halving the width (the finest level keeps it)."""
+    feats = _feats()
+    full = RandomProjection(CHANNELS, proj_type=2, seed=4)
+    ccm = [F.conv2d(f, full.ccm[i].weight, full.ccm[i].bias) for i, f in enumerate(feats)]
+    expected, x = [None] * 4, None
+    for i in (3, 2, 1, 0):
+        x = ccm[i] if x is None else x + ccm[i]
+        up = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+        x = expected[i] = F.conv2d(up, full.csm[i].weight, full.csm[i].bias)
+    for a, b in zip(full(feats), expected):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+
+
+def test_compact_ccm_and_csm_follow_their_formulas():
     """CCM: a 1x1 conv per level. CSM: top-down, level i += conv3x3(bilinear x2 of the final level i+1)."""
     feats = _feats()
     ccm_only = RandomProjection(CHANNELS, proj_type=1, seed=4)
-    full = RandomProjection(CHANNELS, proj_type=2, seed=4)
+    full = RandomProjection(CHANNELS, proj_type=2, seed=4, layout="compact")
     ccm = [F.conv2d(f, full.ccm[i].weight, full.ccm[i].bias) for i, f in enumerate(feats)]
     for a, b in zip(ccm_only(feats), ccm):  # Same seed: CCM weights are drawn first, identically.
         assert torch.allclose(a, b, atol=1e-5)
@@ -66,6 +86,8 @@ def test_kaiming_init_keeps_the_feature_scale():
     assert 0.8 < y.std().item() < 1.2
 
 
-def test_bad_proj_type_is_rejected():
+def test_bad_proj_type_or_layout_is_rejected():
     with pytest.raises(ValueError, match="proj_type=3"):
         RandomProjection(CHANNELS, proj_type=3)
+    with pytest.raises(ValueError, match="layout='unet': must be one of 'official', 'compact'"):
+        RandomProjection(CHANNELS, layout="unet")

@@ -500,3 +500,47 @@ def test_prune_keeps_newest_and_best_pointers(tmp_path):
     assert sorted(glob.glob(str(tmp_path / "network-snapshot-*.pt"))) == [str(tmp_path / n) for n in
                                                                          (names[1], names[3], names[4])]
     assert (tmp_path / "resume-state.pt").exists()
+
+
+def test_projected_D_of_the_earlier_strided_separable_design_still_loads(tmp_path):
+    """Snapshots recorded `separable=True` when that meant strided depthwise blocks: they load with that design."""
+    from projector_plugin import ProjectedDiscriminator
+
+    spec = dict(class_name="projector_plugin.ProjectedDiscriminator", feat_res=32, c_dim=0, img_resolution=32,
+                img_channels=3, separable=True, pretrained=False)
+    torch.manual_seed(0)
+    old = ProjectedDiscriminator(**{**{k: v for k, v in spec.items() if k != "class_name"}, "separable": "strided"})
+    path = tmp_path / "network-snapshot-000000.004.pt"
+    G = snapshot.build_network(_fastgan_spec())
+    snapshot.save_snapshot(str(path), networks=dict(G=_fastgan_spec(), D=spec), G=G, G_ema=G, D=old)
+    data = snapshot.load_snapshot(str(path))
+    assert snapshot.legacy_d_spec(spec, data["D"]) == {**spec, "separable": "strided"}
+    D = snapshot.load_discriminator(str(path))
+    assert D.discs[0].main[0][0][0].stride == (2, 2)  # the strided depthwise conv, weights loaded
+    assert torch.equal(D.discs[0].main[0][0][0].weight, old.discs[0].main[0][0][0].weight)
+    # A D of today's separable design is left as it is; so is a config whose layout was recorded.
+    new = ProjectedDiscriminator(**{k: v for k, v in spec.items() if k != "class_name"})
+    assert snapshot.legacy_d_spec(spec, new.state_dict()) is spec
+    recorded = {**spec, "layout": "official"}
+    assert snapshot.legacy_d_spec(recorded, data["D"], recorded) is recorded
+
+
+def test_projected_D_of_the_earlier_compact_layout_still_loads(tmp_path):
+    """Snapshots from before CSM layouts existed recorded no `layout`: their D (compact CSM: the deepest mini-D a
+    single conv on 512 channels) loads with that layout and gives the same logits."""
+    from projector_plugin import ProjectedDiscriminator
+
+    spec = dict(class_name="projector_plugin.ProjectedDiscriminator", feat_res=32, c_dim=0, img_resolution=32,
+                img_channels=3, pretrained=False)
+    torch.manual_seed(0)
+    old = ProjectedDiscriminator(**{k: v for k, v in spec.items() if k != "class_name"}, layout="compact").eval()
+    path = tmp_path / "network-snapshot-000000.004.pt"
+    G = snapshot.build_network(_fastgan_spec())
+    snapshot.save_snapshot(str(path), networks=dict(G=_fastgan_spec(), D=spec), G=G, G_ema=G, D=old)
+    D = snapshot.load_discriminator(str(path))
+    assert D.layout == "compact" and D.discs[3].main[0].in_channels == 512
+    img = torch.randn(2, 3, 32, 32)
+    torch.manual_seed(1)
+    a = old(img)
+    torch.manual_seed(1)
+    assert torch.equal(D(img), a)

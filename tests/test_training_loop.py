@@ -266,6 +266,43 @@ def test_lean_history_snapshots_rebuild_the_projected_D(tmp_path, data_dir):
     assert torch.equal(D(img), a)
 
 
+def test_resume_keeps_the_earlier_strided_separable_D(tmp_path, data_dir, capsys):
+    """A run whose D had separable=True when that meant strided depthwise blocks resumes with that design (and its
+    trained D weights), though today's config asks for separable=True."""
+    D_kwargs = dict(class_name="projector_plugin.ProjectedDiscriminator", feat_res=32)
+    first = tl.training_loop(**projected_config(tmp_path / "a", data_dir, total_kimg=0.004,
+                                                D_kwargs={**D_kwargs, "separable": "strided"}))
+    state = snapshot.load_snapshot(first["resume_state"])
+    state["networks"]["D"]["separable"] = True  # as such runs recorded it
+    state["checksum"] = snapshot.content_digest(state)
+    old = tmp_path / "old-resume-state.pt"
+    torch.save(state, old)
+    resumed = tl.training_loop(**projected_config(tmp_path / "b", data_dir, total_kimg=0.008, resume=str(old),
+                                                  D_kwargs={**D_kwargs, "separable": True}))
+    assert "has a discriminator of an earlier design; it keeps that design for this run (separable='strided')" \
+        in capsys.readouterr().out
+    assert resumed["D"].discs[0].main[0][0][0].stride == (2, 2)
+    assert resumed["cur_nimg"] == 8
+    assert snapshot.load_snapshot(resumed["resume_state"])["networks"]["D"]["separable"] == "strided"
+
+
+def test_resume_from_a_generator_only_file_starts_G_from_its_weights_with_a_fresh_D(tmp_path, data_dir, capsys):
+    first = tl.training_loop(**projected_config(tmp_path / "a", data_dir, total_kimg=0.004))
+    shared = tmp_path / "model.pt"
+    snapshot.save_generator_only(first["resume_state"], str(shared), "float32")
+    out = tl.training_loop(**projected_config(tmp_path / "b", data_dir, total_kimg=0.004, resume=str(shared),
+                                              G_opt_kwargs=dict(class_name="torch.optim.Adam", lr=0.0,
+                                                                betas=[0.0, 0.99], eps=1e-8)))
+    assert "is a generator-only snapshot: G and G_ema come from it, D is new" in capsys.readouterr().out
+    ema = snapshot.load_snapshot(str(shared))["G_ema"]
+    after = snapshot.load_snapshot(out["resume_state"])
+    assert after["progress"]["cur_nimg"] == 4  # counted from 0
+    params = {k for k, _ in out["G"].named_parameters()}
+    assert params and params <= set(ema)
+    for k in params:  # lr 0: G's weights are still exactly the shared G_ema's (spectral-norm vectors move)
+        assert torch.equal(after["G"][k], ema[k]), k
+
+
 def _dead_pid():
     import subprocess
     import sys

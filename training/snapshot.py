@@ -10,7 +10,11 @@ Two kinds of file live in a run directory, both dicts that `torch.load(path, wei
 Layout (keys):
 
     format, version         'projected-gan-toolkit/snapshot', 2
-    kind                    'snapshot' (lean history snapshot) or 'resume' (full resume state)
+    kind                    'snapshot' (lean history snapshot), 'resume' (full resume state), or 'generator' (a
+                            generator-only file for sharing a trained model: networks {'G'}, G_ema, progress,
+                            config; see `save_generator_only`)
+    weights_dtype           'float32' or 'float16' (generator files only): the dtype G_ema is stored in; loading
+                            casts it to the network's own dtype
     networks                {'G': {'class_name': ..., **kwargs}, 'D': {...}}  fully resolved
                             constructor arguments (c_dim, img_resolution, img_channels included)
     G, G_ema, D             state_dicts (CPU tensors); D without the parts that its config rebuilds
@@ -466,6 +470,31 @@ def save_snapshot(
     return path
 
 
+WEIGHTS_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+def save_generator_only(src: str, dest: str, weights_dtype: str = "float32",
+                        extra_classes: Iterable[str] = ()) -> Dict[str, Any]:
+    """Write the G_ema of snapshot `src` as a generator-only file `dest` (kind 'generator'): the networks' G config,
+    the G_ema weights in `weights_dtype` ('float32' or 'float16': floating tensors only), the images seen and the
+    run's options. It loads wherever a snapshot's G_ema does (gen_images, gen_video, calc_metrics, --resume as a
+    pretrained G) through the same checks. Returns the written dict."""
+    if weights_dtype not in WEIGHTS_DTYPES:
+        raise ValueError(f"weights_dtype={weights_dtype!r}: must be one of {', '.join(WEIGHTS_DTYPES)}")
+    data = load_snapshot(src, extra_classes=extra_classes)
+    src = resolve_network_path(src)
+    if "G_ema" not in data or "G" not in data["networks"]:
+        raise SnapshotError(f"snapshot '{src}' has no 'G_ema' weights")
+    dtype = WEIGHTS_DTYPES[weights_dtype]
+    out = dict(format=FORMAT, version=VERSION, kind="generator", weights_dtype=weights_dtype,
+               networks={"G": copy.deepcopy(data["networks"]["G"])},
+               G_ema={k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in data["G_ema"].items()},
+               progress=dict(data.get("progress") or {}), config=copy.deepcopy(data.get("config") or {}))
+    out["checksum"] = content_digest(out)
+    atomic_torch_save(out, dest)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Loading.
 
@@ -545,6 +574,8 @@ def check_fields(data: Dict[str, Any], path: str) -> None:
     """Type-check what the loaders read from a snapshot beyond the networks (a file can carry a valid checksum and
     still hold the wrong types, e.g. made by hand): progress counts, state dicts, RNG states, loss state. Raises
     SnapshotError naming the first bad field."""
+    if "weights_dtype" in data and data["weights_dtype"] not in WEIGHTS_DTYPES:
+        raise _field_error(path, "weights_dtype", data["weights_dtype"], f"one of {', '.join(WEIGHTS_DTYPES)}")
     progress = data.get("progress", {})
     if not isinstance(progress, dict):
         raise _field_error(path, "progress", progress, "a dict")
@@ -636,6 +667,44 @@ def load_generator(path: str, which: str = "G_ema", device: Any = "cpu",
     return net.eval().requires_grad_(False).to(device)
 
 
+PROJECTED_D = "projector_plugin.ProjectedDiscriminator"
+
+
+def _fits(spec: Dict[str, Any], state: Dict[str, Any]) -> bool:
+    """Whether the stored (trainable) D entries of `state` have the names and shapes of the D `spec` builds. The
+    D is built without its pretrained weights and on a forked RNG: only shapes matter, and nothing else changes."""
+    kwargs = {k: v for k, v in spec.items() if k != "class_name"}
+    kwargs["pretrained"] = False
+    try:
+        with torch.random.fork_rng(devices=[]):
+            net = _resolve_allowed_class(PROJECTED_D, None, (), "a network")(**kwargs)
+    except (TypeError, ValueError):
+        return False
+    own = {k: tuple(v.shape) for k, v in net.state_dict().items()
+           if not k.startswith(("feature_network.", "projection."))}
+    stored = {k: tuple(v.shape) for k, v in state.items() if not k.startswith(("feature_network.", "projection."))}
+    return own == stored
+
+
+def legacy_d_spec(spec: Dict[str, Any], state: Optional[Dict[str, Any]],
+                  stored_spec: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The projected-D config that fits the weights `state` of a file written before 2026-12-06, when the D's
+    design had other defaults: the CSM layout was "compact" (and not recorded), and `separable=True` meant strided
+    depthwise blocks (now `separable="strided"`). `spec` is the config to build (a snapshot's own, or the current
+    run's options when resuming; then `stored_spec` is the snapshot's). Returns `spec` itself when it fits, or
+    when nothing older fits either (loading then reports the mismatch), else the older design's config."""
+    if not isinstance(spec, dict) or spec.get("class_name") != PROJECTED_D or not isinstance(state, dict):
+        return spec
+    if stored_spec is not None and "layout" in stored_spec:
+        return spec  # written since layouts are recorded: the options decide, as for any other D option
+    candidates = [{**spec, "layout": "compact"}]
+    if spec.get("separable") is True:
+        candidates += [{**spec, "layout": "compact", "separable": "strided"}, {**spec, "separable": "strided"}]
+    if _fits(spec, state):
+        return spec
+    return next((c for c in candidates if _fits(c, state)), spec)
+
+
 def load_discriminator(path: str, device: Any = "cpu", extra_classes: Iterable[str] = ()) -> torch.nn.Module:
     """Rebuild the discriminator stored in snapshot `path` (eval mode, on `device`); its frozen parts are rebuilt
     from its config and checked against the digest stored with it."""
@@ -643,7 +712,8 @@ def load_discriminator(path: str, device: Any = "cpu", extra_classes: Iterable[s
     path = resolve_network_path(path)
     if "D" not in data or "D" not in data["networks"]:
         raise SnapshotError(f"snapshot '{path}' has no discriminator weights")
-    net = build_network(data["networks"]["D"], extra_classes, device="cpu", path=path)
+    spec = data["networks"]["D"]
+    net = build_network(legacy_d_spec(spec, data["D"], spec), extra_classes, device="cpu", path=path)
     load_state(net, data, "D", path)
     return net.eval().requires_grad_(False).to(device)
 

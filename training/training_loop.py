@@ -409,14 +409,18 @@ def _train(*, stop: _StopRequest, run_dir, training_set_kwargs, data_loader_kwar
             for path in snapshot_lib.clean_stale_temp_files(outdir):
                 log(f"Removed a half-written snapshot left by a killed run: {path}")
         resume_data = snapshot_lib.load_snapshot(resume_path, map_location="cpu")
-        imported = resume_data.get("kind") == "imported"
+        imported = resume_data.get("kind") in ("imported", "generator")
+        if resume_data.get("kind") == "generator":  # a shared model: its G_ema is the starting G as well
+            resume_data["G"] = resume_data.get("G_ema")
         for key in ("G", "G_ema", "progress") + (() if imported else ("D",)):
             if key not in resume_data:
                 raise snapshot_lib.SnapshotError(f"'{resume_path}' has no '{key}': it is not a training snapshot")
         if imported:
             # A network pickle of another codebase: its generators only, as training from a pretrained G.
-            log(f"Warning: '{resume_path}' is a {resume_data.get('source', 'foreign')} network pickle: G and G_ema "
-                f"come from it, D is new, the optimizers start from zero and images are counted from 0")
+            what = ("a generator-only snapshot" if resume_data.get("kind") == "generator" else
+                    f"a {resume_data.get('source', 'foreign')} network pickle")
+            log(f"Warning: '{resume_path}' is {what}: G and G_ema come from it, D is new, the optimizers start from "
+                f"zero and images are counted from 0")
             resume_data["progress"] = {}
         elif "G_opt" not in resume_data or "D_opt" not in resume_data:
             log(f"Warning: '{resume_path}' is a history snapshot without optimizer state: the optimizers restart "
@@ -456,6 +460,13 @@ def _train(*, stop: _StopRequest, run_dir, training_set_kwargs, data_loader_kwar
         img_channels=int(training_set.num_channels),
     )
     networks = {"G": {**G_kwargs, **common_kwargs}, "D": {**D_kwargs, **common_kwargs}}
+    if resume_data is not None and "D" in resume_data:
+        spec = snapshot_lib.legacy_d_spec(networks["D"], resume_data["D"], resume_data["networks"].get("D"))
+        if spec is not networks["D"]:
+            changed = ", ".join(f"{k}={v!r}" for k, v in spec.items() if networks["D"].get(k) != v)
+            log(f"Note: '{resume_path}' has a discriminator of an earlier design; it keeps that design for this "
+                f"run ({changed}).")
+            networks["D"] = spec
     # Each network is initialized from its own seed, so that e.g. swapping D never changes G's init.
     _seed_chunk(random_seed, 0, 0)  # (0, k): initialization streams
     G = util.construct_class_by_name(**networks["G"]).train().to(device)
