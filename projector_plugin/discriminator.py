@@ -68,11 +68,10 @@ class DownBlock(torch.nn.Sequential):
     """[N, C_in, R, R] -> [N, C_out, ceil(R/2), ceil(R/2)].
 
     separable=False: strided 4x4 conv, BatchNorm (batch statistics, see BatchStatsNorm2d), LeakyReLU(0.2).
-    separable=True (Projected GAN's StyleGAN2 setting): depthwise 3x3 conv, pointwise 1x1 conv, BatchNorm,
-    LeakyReLU(0.2), 2x2 average pooling. The downsampling is the pooling, after the nonlinearity, so every input
-    position reaches the output with a smooth weight; a strided depthwise conv instead sees each channel through one
-    4x4 kernel with stride 2 (the "strided" variant, kept for older snapshots), and in our StyleGAN2-generator
-    parity run that D let G collapse onto one motif where this one did not (docs/parity_official.md).
+    separable=True (Projected GAN's StyleGAN2 setting, as its code builds it): depthwise 3x3 conv, pointwise 1x1
+    conv, BatchNorm, LeakyReLU(0.2), 2x2 average pooling (downsampling after the nonlinearity).
+    separable="strided": the earlier design, a strided 4x4 depthwise conv + pointwise conv in place of the full
+    conv (kept so that older snapshots load).
     """
 
     def __init__(self, in_channels, out_channels, separable=False):
