@@ -151,6 +151,21 @@ def test_reuse_fakes_and_the_paper_ablation_switches(tmp_path, data):
     assert config["D_kwargs"]["proj_type"] == 0 and config["D_kwargs"]["num_discs"] == 2
 
 
+@pytest.mark.parametrize("cfg, flags, layout, separable", [
+    ("fastgan", [], "official", False), ("stylegan2", [], "official", True),
+    ("stylegan2", ["--csm-layout=compact", "--separable=strided"], "compact", "strided"),
+    ("fastgan", ["--separable=1"], "official", True), ("stylegan2", ["--separable=0"], "official", False)])
+def test_discriminator_layout_and_separable_options(tmp_path, data, cfg, flags, layout, separable):
+    """--separable=auto follows Projected GAN (separable mini-Ds with StyleGAN2 only); the layout is recorded
+    explicitly, so that later defaults never reinterpret a run's snapshots."""
+    result = run_cli([f"--outdir={tmp_path}", f"--cfg={cfg}", f"--data={data['plain']}", "--batch=8", *flags,
+                      "--dry-run"])
+    assert result.exit_code == 0, result.output
+    text = result.output
+    config = json.loads(text[text.index("{"): text.index("\n}\n") + 2])
+    assert config["D_kwargs"]["layout"] == layout and config["D_kwargs"]["separable"] == separable
+
+
 @pytest.mark.parametrize("cfg, loss, extra", [
     ("fastgan", "projected", dict(feat_res=64, tf32=True)),
     ("stylegan2", "stylegan2", dict(cbase=1024, map_depth=2)),
