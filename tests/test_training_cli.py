@@ -337,3 +337,32 @@ def test_sigkill_then_resume_latest(tmp_path, data):
         "--batch=4", "--kimg=1", "--resume=latest", "--ngf=8"]))
     assert other.exit_code == 2 and "different G (ngf: snapshot 4 vs now 8)" in other.output, other.output
     assert len(glob.glob(str(outdir / "*"))) == 2
+
+
+def test_sigterm_to_the_whole_process_group_with_data_workers_saves_and_stops_cleanly(tmp_path, data):
+    """A scheduler's SIGTERM reaches every process of the job, DataLoader workers included: they must leave it to
+    the training process, which saves its resume state and stops with one 'Stopped' line (not die of 'DataLoader
+    worker ... is killed by signal')."""
+    outdir = tmp_path / "runs"
+    args = [a for a in _baseline_args(outdir, data["plain"], ["--batch=4", "--kimg=10", "--tick=0.004", "--snap=1",
+                                                              "--img-snap=1000"]) if a != "--workers=0"]
+    cmd = [sys.executable, os.path.join(REPO, "train.py")] + args + ["--workers=1"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            if glob.glob(str(outdir / "00000-*" / "network-snapshot-000000.004.pt")):
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(1.0)
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Stopped:" in out + err and "killed by signal" not in err and "Traceback" not in err
+    state = snapshot.load_snapshot(snapshot.find_resume(str(outdir)))
+    assert state["progress"]["cur_nimg"] >= 4

@@ -176,14 +176,18 @@ def test_non_finite_loss_stops_and_keeps_last_good_snapshot(tmp_path, data_dir):
         assert all(torch.isfinite(v).all() for v in data["D"].values() if v.is_floating_point())
 
 
-def _fake_metric(values):
-    """calc_metric stand-in returning the next of `values` (no detector, no images)."""
+def _fake_metric(values, calls=None):
+    """calc_metrics stand-in returning the next of `values` for each metric (no detector, no images); appends each
+    call's metric list to `calls`."""
     values = list(values)
 
-    def calc_metric(metric, **kwargs):
-        return dict(results={metric: values.pop(0)}, metric=metric, total_time=0.0, total_time_str="0s", num_gpus=1)
+    def calc_metrics(metrics, **kwargs):
+        if calls is not None:
+            calls.append(list(metrics))
+        return [dict(results={m: values.pop(0)}, metric=m, total_time=0.0, total_time_str="0s", num_gpus=1)
+                for m in metrics]
 
-    return calc_metric
+    return calc_metrics
 
 
 def test_sub_kimg_snapshots_get_distinct_names_and_metric_summaries(tmp_path, data_dir, monkeypatch):
@@ -191,12 +195,15 @@ def test_sub_kimg_snapshots_get_distinct_names_and_metric_summaries(tmp_path, da
 
     from metrics import metric_main
 
-    monkeypatch.setattr(metric_main, "calc_metric", _fake_metric([30.0, 10.0]))
+    calls = []
+    monkeypatch.setattr(metric_main, "calc_metrics", _fake_metric([30.0, 0.5, 10.0, 0.25], calls))
     run = tmp_path / "run"
     # Snapshots every 0.004 kimg (like --tick=0.5 --snap=1: less than 1 kimg apart).
     c = baseline_config(run, data_dir, G_reg_interval=None, D_reg_interval=None, total_kimg=0.008,
-                        kimg_per_tick=0.004, network_snapshot_ticks=1, metrics=["fid50k_full"])
+                        kimg_per_tick=0.004, network_snapshot_ticks=1, metrics=["fid50k_full", "kid50k_full"])
     out = tl.training_loop(**c)
+    # One shared evaluation per snapshot (the metrics embed the same generated images once), not one per metric.
+    assert calls == [["fid50k_full", "kid50k_full"]] * 2
     names = ["network-snapshot-000000.004.pt", "network-snapshot-000000.008.pt"]
     assert sorted(os.path.basename(p) for p in glob.glob(str(run / "network-snapshot-*.pt"))) == names
     for name, nimg in zip(names, (4, 8)):
@@ -205,11 +212,13 @@ def test_sub_kimg_snapshots_get_distinct_names_and_metric_summaries(tmp_path, da
     lines = [json.loads(t) for t in (run / "metric-fid50k_full.jsonl").read_text().splitlines()]
     assert [(line["kimg"], line["snapshot_pkl"], line["results"]["fid50k_full"]) for line in lines] == \
         [(0.004, names[0], 30.0), (0.008, names[1], 10.0)]
+    kid = [json.loads(t)["results"]["kid50k_full"] for t in (run / "metric-kid50k_full.jsonl").read_text().splitlines()]
+    assert kid == [0.5, 0.25]
     best = json.loads((run / "best-fid50k_full.json").read_text())
     assert best == dict(metric="fid50k_full", result="fid50k_full", value=10.0, kimg=0.008, snapshot_pkl=names[1],
                         direction="lower")
     assert snapshot.resolve_network_path(str(run / "best-fid50k_full.json")) == str(run / names[1])
-    assert PIL.Image.open(run / "metrics.png").size == (480, 300)
+    assert PIL.Image.open(run / "metrics.png").size == (480, 600)  # one panel per metric
 
 
 def test_final_snapshot_in_the_same_kimg_keeps_the_previous_one(tmp_path, data_dir, monkeypatch, capsys):
@@ -220,7 +229,7 @@ def test_final_snapshot_in_the_same_kimg_keeps_the_previous_one(tmp_path, data_d
 
     # The summaries can never stop training: a failure there is logged and the run goes on.
     monkeypatch.setattr(summary, "update_run_summaries", broken)
-    monkeypatch.setattr(metric_main, "calc_metric", _fake_metric([5.0, 6.0]))
+    monkeypatch.setattr(metric_main, "calc_metrics", _fake_metric([5.0, 6.0]))
     # Ticks of 1 kimg: tick 0 ends after the first step (4 images), the run ends at 8 images, in the same kimg.
     run = tmp_path / "run"
     c = baseline_config(run, data_dir, G_reg_interval=None, D_reg_interval=None, total_kimg=0.008,

@@ -367,6 +367,15 @@ def resolve_device(device, rank=0):
     return device
 
 
+def _worker_ignores_stop_signals(worker_id):
+    """DataLoader workers leave SIGTERM/SIGINT to the training process. A signal sent to the whole process group
+    (a cluster scheduler's SIGTERM, Ctrl-C in a terminal) would otherwise kill them first, and the training process
+    would die of "DataLoader worker ... is killed by signal" instead of saving its resume state and stopping
+    cleanly. The workers still exit with the training process (PyTorch's workers watch their parent)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _train(*, stop: _StopRequest, run_dir, training_set_kwargs, data_loader_kwargs, G_kwargs, D_kwargs, G_opt_kwargs,
            D_opt_kwargs, loss_kwargs, metrics, random_seed, num_gpus, rank, device, batch_size, batch_gpu, ema_kimg,
            ema_rampup, G_reg_interval, D_reg_interval, total_kimg, kimg_per_tick, image_snapshot_ticks,
@@ -442,6 +451,8 @@ def _train(*, stop: _StopRequest, run_dir, training_set_kwargs, data_loader_kwar
         loader_kwargs.pop("persistent_workers", None)
     if device.type != "cuda":
         loader_kwargs["pin_memory"] = False
+    if loader_kwargs.get("num_workers", 0) > 0:
+        loader_kwargs.setdefault("worker_init_fn", _worker_ignores_stop_signals)
     loader = torch.utils.data.DataLoader(
         dataset=training_set, sampler=sampler, batch_size=batch_gpu,
         generator=torch.Generator().manual_seed(random_seed), **loader_kwargs,
@@ -740,10 +751,9 @@ def _train(*, stop: _StopRequest, run_dir, training_set_kwargs, data_loader_kwar
             if metrics:
                 from metrics import metric_main
 
-                for metric in metrics:
-                    result_dict = metric_main.calc_metric(
-                        metric=metric, G=G_ema, dataset_kwargs=training_set_kwargs,
-                        num_gpus=world, rank=rank, device=device)
+                # One shared evaluation: the metrics on one detector embed the same generated images once.
+                for result_dict in metric_main.calc_metrics(metrics, G=G_ema, dataset_kwargs=training_set_kwargs,
+                                                            num_gpus=world, rank=rank, device=device):
                     if rank == 0:
                         metric_main.report_metric(result_dict, run_dir=run_dir, snapshot_pkl=snapshot_path,
                                                   kimg=cur_nimg / 1000)
