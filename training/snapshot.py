@@ -481,7 +481,7 @@ def save_generator_only(src: str, dest: str, weights_dtype: str = "float32",
     pretrained G) through the same checks. Returns the written dict."""
     if weights_dtype not in WEIGHTS_DTYPES:
         raise ValueError(f"weights_dtype={weights_dtype!r}: must be one of {', '.join(WEIGHTS_DTYPES)}")
-    data = load_snapshot(src, extra_classes=extra_classes)
+    data = load_snapshot(src, mmap=True, extra_classes=extra_classes)  # mmap: D and optimizer states stay unread
     src = resolve_network_path(src)
     if "G_ema" not in data or "G" not in data["networks"]:
         raise SnapshotError(f"snapshot '{src}' has no 'G_ema' weights")
