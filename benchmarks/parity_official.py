@@ -20,6 +20,10 @@ Arms (`--arms`, in this order):
                 --reuse-fakes=0, so that G runs twice per step as in their loop: equal work per image.
   ours_default  train.py with the same generator and this repository's loss defaults (--reuse-fakes=1, blur
                 sigma 2 fading over batch*200/32 kimg).
+Both of our arms pin the D design (--csm-layout=official, separable mini-Ds for StyleGAN2 only, as in the official
+configs). An ablation is an extra arm (--extra-arm=NAME=OPTIONS): the FastGAN-lite runs recorded with the earlier
+compact layout are the extra arm 'ours_equal_compact' (ours_equal's options + --csm-layout=compact), the StyleGAN2
+ones 'ours_equal_compact' (+ --csm-layout=compact --separable=strided).
 Both codebases print and snapshot at the same image counts (tick 0 after the first step, then every 1,000 images:
 batch + k*ceil(1000/batch)*batch), so the arms are compared at identical counts. Each run is one process; every
 run and evaluation is recorded in STUDY_DIR/study.json as it completes, and a rerun continues where it stopped
@@ -90,6 +94,9 @@ def arm_args(arm: str, s: dict, seed: int, outdir: str) -> list:
         ours.append("--map-depth=2")  # the official StyleGAN2 config
     else:
         ours.append(f"--ngf={s['ngf']}")
+    # The D design is pinned, not left to the defaults, so that every seed of an arm trains the same D even when a
+    # default changes (the runs recorded before 2026-12-06 used the compact layout: arm 'ours_equal_compact').
+    ours += ["--csm-layout=official", f"--separable={int(s['cfg'] == 'stylegan2')}"]
     if arm == "ours_equal":
         # Their loop keeps StyleGAN's D_reg_interval=16 and their loss skips the Dreg phase, so their D's Adam runs
         # at lr x 16/17 (and betas ** (16/17): beta2 0.9906 instead of 0.99, which train.py does not expose).

@@ -43,6 +43,11 @@ def test_arms_share_everything_but_what_they_compare(cfg):
     assert "--reuse-fakes=0" in args["ours_equal"] and "--blur-sigma=0" in args["ours_equal"]
     assert f"--dlr={lr * 16 / 17:.9g}" in args["ours_equal"]
     assert not any(a.startswith(("--reuse-fakes", "--blur-sigma", "--dlr")) for a in args["ours_default"])
+    # The D design is pinned in both of our arms (a changed default must not mix designs across seeds), with
+    # separable mini-Ds exactly where the official configs use them.
+    for arm in ("ours_equal", "ours_default"):
+        assert "--csm-layout=official" in args[arm]
+        assert f"--separable={int(cfg == 'stylegan2')}" in args[arm]
 
 
 def test_summary_is_mean_and_range_over_seeds():
