@@ -1,6 +1,7 @@
 """Run-directory summaries of the metric-*.jsonl files: best-snapshot pointers and a plot.
 
     update_run_summaries(run_dir)   # after each metric evaluation (training loop, calc_metrics.py)
+    inherit_metric_history(src, run_dir, kimg)  # a resumed run starts with its predecessor's lines (training loop)
 
 writes, from *all* lines of run_dir/metric-*.jsonl (so the result does not depend on the order of the lines,
 and survives a run resumed into the same directory):
@@ -237,6 +238,51 @@ def plot_metrics(points: Dict[str, List[dict]], path: str, best: Optional[Dict[s
             draw.line([(0, idx * PANEL_H), (PANEL_W, idx * PANEL_H)], fill=(160, 160, 160))
     util.atomic_write(path, lambda f: image.save(f, format="PNG"))
     return path
+
+
+def inherit_metric_history(source_run_dir: str, run_dir: str, up_to_kimg: float) -> int:
+    """Copy the metric lines of the run that `run_dir` resumes (`source_run_dir`), up to the resumed point, into
+    run_dir's metric-*.jsonl, their snapshot paths rewritten relative to `run_dir`.
+
+    A resumed run trains in a new run directory; with its predecessor's lines, its metrics.png and best-*.json
+    pointers cover the whole run, and a chain of resumes carries the history along. Lines past `up_to_kimg` are a
+    future that resuming from an earlier point discarded, so they are left behind; so are lines without a kimg.
+    Does nothing when run_dir has metric lines already. Returns the number of lines copied.
+    """
+    if os.path.abspath(source_run_dir) == os.path.abspath(run_dir) or glob.glob(
+            os.path.join(glob.escape(run_dir), "metric-*.jsonl")):
+        return 0
+    copied = 0
+    for path in sorted(glob.glob(os.path.join(glob.escape(source_run_dir), "metric-*.jsonl"))):
+        kept = []
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                lines = f.readlines()
+        except OSError as err:
+            warnings.warn(f"cannot read {path}: {err}", RuntimeWarning, stacklevel=2)
+            continue
+        for text in lines:
+            try:
+                line = json.loads(text)
+            except ValueError:
+                continue  # read_metric_points warns about it in the source run; nothing to carry over
+            if not isinstance(line, dict) or not isinstance(line.get("results"), dict):
+                continue
+            kimg = _line_kimg(line)
+            if kimg is None or kimg > up_to_kimg + 1e-9:
+                continue
+            snap = line.get("snapshot_pkl")
+            if isinstance(snap, str) and snap and not os.path.isabs(snap):
+                line["snapshot_pkl"] = os.path.relpath(os.path.join(source_run_dir, snap), run_dir)
+            line.setdefault("kimg", kimg)
+            kept.append(json.dumps(line) + "\n")
+        if kept:
+            data = "".join(kept).encode("utf-8")
+            util.atomic_write(os.path.join(run_dir, os.path.basename(path)), lambda f, data=data: f.write(data))
+            copied += len(kept)
+    if copied:
+        update_run_summaries(run_dir)
+    return copied
 
 
 def update_run_summaries(run_dir: str) -> dict:

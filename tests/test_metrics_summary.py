@@ -68,6 +68,46 @@ def test_best_pointers_from_all_lines_in_any_order(tmp_path):
     assert sorted(n for n in os.listdir(run) if n.startswith("best-")) == [f"best-{n}.json" for n in sorted(expected)]
 
 
+def test_a_resumed_run_inherits_the_history_up_to_its_start(tmp_path):
+    """A resumed run trains in a new run dir: it starts with its predecessor's lines up to the resumed point, with
+    snapshot paths that still resolve, so metrics.png and best-*.json cover the whole run, along a chain too."""
+    first, second, third = (tmp_path / n for n in ("00000-a", "00001-b", "00002-c"))
+    for d in (first, second, third):
+        d.mkdir()
+    for k in (1.0, 2.0, 3.0):
+        (first / snapshot_name(int(k * 1000))).write_bytes(b"x")
+    _write(first / "metric-fid5k_full.jsonl",
+           [_line("fid5k_full", {"fid5k_full": v}, k) for k, v in [(1.0, 90.0), (2.0, 60.0), (3.0, 50.0)]]
+           + [_line("fid5k_full", {"fid5k_full": 1.0}, None, snap=None), '{"results": {"fid5k_fu'])
+    _write(first / "metric-kid5k_full.jsonl", [_line("kid5k_full", {"kid5k_full": 0.2}, 3.0)])
+
+    # Resumed from 2 kimg: the 3-kimg results are a discarded future; lines without kimg or unreadable stay behind.
+    assert summary.inherit_metric_history(str(first), str(second), 2.0) == 2
+    assert not (second / "metric-kid5k_full.jsonl").exists()
+    lines = [json.loads(t) for t in (second / "metric-fid5k_full.jsonl").read_text().splitlines()]
+    assert [(ln["kimg"], ln["snapshot_pkl"]) for ln in lines] == [
+        (1.0, "../00000-a/network-snapshot-000001.000.pt"), (2.0, "../00000-a/network-snapshot-000002.000.pt")]
+    assert snapshot.resolve_network_path(str(second / "best-fid5k_full.json")) == os.path.normpath(
+        str(second / "../00000-a/network-snapshot-000002.000.pt"))
+    assert (second / "metrics.png").exists()
+
+    # The next link of the chain carries the same history (paths still relative to it), plus the second's own.
+    (second / snapshot_name(2500)).write_bytes(b"x")
+    with open(second / "metric-fid5k_full.jsonl", "a") as f:
+        f.write(_line("fid5k_full", {"fid5k_full": 40.0}, 2.5) + "\n")
+    assert summary.inherit_metric_history(str(second), str(third), 2.5) == 3
+    best = json.loads((third / "best-fid5k_full.json").read_text())
+    assert (best["value"], best["snapshot_pkl"]) == (40.0, "../00001-b/network-snapshot-000002.500.pt")
+    assert [p["kimg"] for p in summary.read_metric_points(str(third))["fid5k_full"]] == [1.0, 2.0, 2.5]
+    assert summary.read_metric_points(str(third))["fid5k_full"][0]["snapshot_pkl"] == \
+        "../00000-a/network-snapshot-000001.000.pt"
+
+    # A run dir with results of its own is left alone; so is a run "resuming" its own dir.
+    assert summary.inherit_metric_history(str(first), str(third), 2.0) == 0
+    assert summary.inherit_metric_history(str(first), str(first), 2.0) == 0
+    assert len((third / "metric-fid5k_full.jsonl").read_text().splitlines()) == 3
+
+
 def test_best_pointer_resolves_to_its_snapshot(tmp_path):
     run = tmp_path / "00000-run"
     run.mkdir()

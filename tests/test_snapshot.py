@@ -502,6 +502,19 @@ def test_prune_keeps_newest_and_best_pointers(tmp_path):
     assert (tmp_path / "resume-state.pt").exists()
 
 
+def test_prune_protects_by_path_not_by_name(tmp_path):
+    """A resumed run's pointer may name its predecessor's snapshot (../00000-a/x.pt): that does not protect the
+    same-named snapshot of this run."""
+    run = tmp_path / "00001-b"
+    run.mkdir()
+    names = [snapshot.snapshot_name(n) for n in (4, 8, 12)]
+    for name in names:
+        (run / name).write_bytes(b"x")
+    (run / "best-fid50k_full.json").write_text(json.dumps(dict(snapshot_pkl="../00000-a/" + names[0])))
+    removed = snapshot.prune_snapshots(str(run), 1)
+    assert sorted(os.path.basename(p) for p in removed) == names[:2]
+
+
 def test_projected_D_of_the_earlier_strided_separable_design_still_loads(tmp_path):
     """Snapshots recorded `separable=True` when that meant strided depthwise blocks: they load with that design."""
     from projector_plugin import ProjectedDiscriminator

@@ -4,6 +4,7 @@ lean history snapshots and --keep, non-finite losses, SIGTERM/SIGINT, a full dis
 
 import errno
 import glob
+import json
 import os
 import signal
 
@@ -338,12 +339,21 @@ def test_keep_and_resume_from_run_dir_latest_or_history_snapshot(tmp_path, data_
     stale = [first / f".resume-state.pt.{dead}.a.tmp", other / f".network-snapshot-000000.004.pt.{dead}.b.tmp"]
     for path in stale:
         path.write_bytes(b"PK")
+    # Metric results of the first run (as the loop writes them); the one past the resumed point is not carried.
+    with open(first / "metric-fid5k_full.jsonl", "w") as f:
+        for kimg, value in ((0.008, 300.0), (0.012, 250.0), (0.5, 1.0)):
+            f.write(json.dumps(dict(results=dict(fid5k_full=value), metric="fid5k_full", kimg=kimg,
+                                    snapshot_pkl=snapshot.snapshot_name(int(kimg * 1000)))) + "\n")
     capsys.readouterr()
     second = tl.training_loop(**dict(c, run_dir=str(outdir / "00002-b"), total_kimg=0.016, resume="latest"))
     log = capsys.readouterr().out
     assert f"Resuming from '{first / 'resume-state.pt'}'" in log and "without optimizer state" not in log
     assert second["cur_nimg"] == 16 and not any(p.exists() for p in stale)
     assert all(str(p) in log for p in stale)
+    # The resumed run's metrics.png and best pointer cover the first run's results.
+    assert "Carried 2 metric result line(s) over" in log and (outdir / "00002-b" / "metrics.png").exists()
+    best = outdir / "00002-b" / "best-fid5k_full.json"
+    assert snapshot.resolve_network_path(str(best)) == os.path.normpath(str(first / "network-snapshot-000000.012.pt"))
 
     # A run dir means its resume file; a history snapshot works too, with fresh optimizers (warned about).
     third = tl.training_loop(**dict(c, run_dir=str(outdir / "00003-c"), total_kimg=0.020, resume=str(outdir /

@@ -107,7 +107,8 @@ def resolve_network_path(path: str) -> str:
     snap = data.get("snapshot_pkl") if isinstance(data, dict) else None
     if not isinstance(snap, str) or not snap:
         raise SnapshotError(f"'{path}' is not a best-snapshot pointer (no 'snapshot_pkl' entry)")
-    full = snap if os.path.isabs(snap) else os.path.join(os.path.dirname(os.path.abspath(path)), snap)
+    full = snap if os.path.isabs(snap) else os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(path)),
+                                                                          snap))
     if not os.path.isfile(full):
         raise SnapshotError(f"best pointer '{path}' names snapshot '{full}', which does not exist (deleted?)")
     return full
@@ -795,8 +796,9 @@ def resolve_resume(resume: str, outdir: Optional[str] = None) -> str:
 
 
 def _protected_snapshots(run_dir: str) -> set:
-    """Base names of snapshots that best-*.json pointers in `run_dir` refer to."""
-    names = set()
+    """Absolute paths of the snapshots that best-*.json pointers in `run_dir` refer to (a resumed run's pointers
+    may name its predecessor's snapshots, ../<run>/network-snapshot-*.pt)."""
+    paths = set()
     for pointer in glob.glob(os.path.join(glob.escape(run_dir), "best-*.json")):
         try:
             with open(pointer, encoding="utf-8") as f:
@@ -804,8 +806,8 @@ def _protected_snapshots(run_dir: str) -> set:
         except (OSError, ValueError, AttributeError):
             continue
         if isinstance(snap, str):
-            names.add(os.path.basename(snap))
-    return names
+            paths.add(os.path.abspath(os.path.join(run_dir, snap)))
+    return paths
 
 
 def prune_snapshots(run_dir: str, keep: int) -> list:
@@ -817,7 +819,7 @@ def prune_snapshots(run_dir: str, keep: int) -> list:
     protected = _protected_snapshots(run_dir)
     removed = []
     for path in snaps[:-keep]:
-        if os.path.basename(path) in protected:
+        if os.path.abspath(path) in protected:
             continue
         try:
             os.unlink(path)

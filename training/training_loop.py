@@ -410,6 +410,7 @@ def _train(*, stop: _StopRequest, run_dir, training_set_kwargs, data_loader_kwar
     # naming classes off the allow-list).
     resume_data = None
     resume_path = None
+    history_dir = None  # the run dir whose metric history this run continues
     if resume is not None:
         outdir = os.path.dirname(os.path.abspath(run_dir))
         resume_path = snapshot_lib.resolve_resume(resume, outdir=outdir)
@@ -431,9 +432,11 @@ def _train(*, stop: _StopRequest, run_dir, training_set_kwargs, data_loader_kwar
             log(f"Warning: '{resume_path}' is {what}: G and G_ema come from it, D is new, the optimizers start from "
                 f"zero and images are counted from 0")
             resume_data["progress"] = {}
-        elif "G_opt" not in resume_data or "D_opt" not in resume_data:
-            log(f"Warning: '{resume_path}' is a history snapshot without optimizer state: the optimizers restart "
-                f"from zero (resume from the run's {snapshot_lib.RESUME_STATE_NAME} to continue exactly)")
+        else:
+            history_dir = os.path.dirname(os.path.abspath(resume_path))
+            if "G_opt" not in resume_data or "D_opt" not in resume_data:
+                log(f"Warning: '{resume_path}' is a history snapshot without optimizer state: the optimizers "
+                    f"restart from zero (resume from the run's {snapshot_lib.RESUME_STATE_NAME} to continue exactly)")
 
     # Dataset.
     log("Loading training set...")
@@ -552,6 +555,17 @@ def _train(*, stop: _StopRequest, run_dir, training_set_kwargs, data_loader_kwar
     stats_jsonl = stats_tfevents = None
     if rank == 0:
         os.makedirs(run_dir, exist_ok=True)
+        if history_dir is not None:
+            # The metric results of the run(s) this one continues, so that metrics.png shows the whole run.
+            try:
+                from metrics import summary
+
+                carried = summary.inherit_metric_history(history_dir, run_dir, start_nimg / 1000)
+                if carried:
+                    log(f"Carried {carried} metric result line(s) over from '{history_dir}'")
+            except Exception as err:  # pylint: disable=broad-except  (a convenience: never stops training)
+                log(f"Warning: could not carry the metric history over from '{history_dir}': "
+                    f"{type(err).__name__}: {err}")
         log("Exporting sample images...")
         images, labels = setup_snapshot_image_grid(training_set, grid_size, random_seed)
         save_image_grid(images, os.path.join(run_dir, "reals.png"), drange=(0, 255), grid_size=grid_size)
