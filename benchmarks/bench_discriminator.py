@@ -40,6 +40,7 @@ VARIANTS = {
     "fast_cl": dict(channels_last=True),
     "fast_bf16": dict(bf16=True),
     "fast_fp32": dict(bf16=False),
+    "fast_compact": dict(layout="compact"),  # the CSM design this repo had before 2026-12-06 (smaller, cheaper)
 }
 
 
@@ -54,6 +55,14 @@ class FreeImages(torch.nn.Module):
         return self.img
 
 
+def build_D(variant, args, device):
+    """The variant's discriminator, in train mode, from seed 0 (--layout unless the variant names one)."""
+    torch.manual_seed(0)
+    cls = ReferenceDiscriminator if variant.startswith("plain") else ProjectedDiscriminator
+    kwargs = dict(dict(layout=args.layout), **VARIANTS[variant])
+    return cls(pretrained=False, feat_res=args.feat_res, **kwargs).to(device).train()
+
+
 def make(variant, args, device):
     """(d_step, g_step) closures for one variant.
 
@@ -63,9 +72,7 @@ def make(variant, args, device):
     `loss.backward()`; `plain_toggled` adds StyleGAN3's per-phase `requires_grad_` toggling of the whole D, and
     `plain_nograd` is the careful version: the frozen parts get `requires_grad_(False)` and the host never toggles.
     """
-    torch.manual_seed(0)
-    cls = ReferenceDiscriminator if variant.startswith("plain") else ProjectedDiscriminator
-    D = cls(pretrained=False, feat_res=args.feat_res, **VARIANTS[variant]).to(device).train()
+    D = build_D(variant, args, device)
     G = FreeImages(args.batch, args.res).to(device)
     opt = torch.optim.Adam(D.discs.parameters(), lr=2e-4, betas=(0.0, 0.99))  # the backbone is never optimised
     real = torch.rand(args.batch, 3, args.res, args.res, device=device) * 2 - 1
@@ -124,7 +131,7 @@ def timed(fn, device, clock=time.perf_counter):
 def cpu_peak_rss(variant, args):
     """Peak RSS growth (MiB) of a fresh process running `variant` for two steps of each kind."""
     cmd = [sys.executable, __file__, "--child-memory", variant, "--batch", str(args.batch), "--res", str(args.res),
-           "--device", "cpu", "--threads", str(args.threads or 0)]
+           "--device", "cpu", "--threads", str(args.threads or 0), "--layout", args.layout]
     if args.feat_res:
         cmd += ["--feat-res", str(args.feat_res)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -165,6 +172,8 @@ def main():
     p.add_argument("--res", type=int, default=256, help="generator resolution (images are resized for the backbone)")
     p.add_argument("--feat-res", type=int, default=None, help="backbone input size (default: the model's, 224)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--layout", default="official", choices=["official", "compact"],
+                   help="CSM layout of every variant but fast_compact (ProjectedDiscriminator's layout=)")
     p.add_argument("--variants", default=None, help="comma-separated subset of " + ",".join(VARIANTS))
     p.add_argument("--rounds", type=int, default=5, help="timed rounds per variant (after one warm-up round)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -228,19 +237,20 @@ def main():
 
     name = torch.cuda.get_device_name() if device.type == "cuda" else (platform.processor() or platform.machine())
     print(f"\nProjected D training steps — device {device.type} ({name}), threads {torch.get_num_threads()}, "
-          f"batch {args.batch}, res {args.res}, feat_res {args.feat_res or 224}, {args.clock} clock, "
-          f"median of {args.rounds} rounds")
-    print(f"{'variant':<10} {'D ms':>9} {'G ms':>9} {'D img/s':>9} {'G img/s':>9} {'D+G img/s':>10} "
+          f"batch {args.batch}, res {args.res}, feat_res {args.feat_res or 224}, layout {args.layout}, "
+          f"{args.clock} clock, median of {args.rounds} rounds")
+    print(f"{'variant':<12} {'D ms':>9} {'G ms':>9} {'D img/s':>9} {'G img/s':>9} {'D+G img/s':>10} "
           f"{'vs ' + base:>9} {'peak MiB':>9}")
     for r in rows:
-        print(f"{r['variant']:<10} {r['d_step_ms']:9.1f} {r['g_step_ms']:9.1f} {r['d_img_s']:9.1f} {r['g_img_s']:9.1f} "
+        print(f"{r['variant']:<12} {r['d_step_ms']:9.1f} {r['g_step_ms']:9.1f} {r['d_img_s']:9.1f} {r['g_img_s']:9.1f} "
               f"{r['total_img_s']:10.1f} {r['speedup_vs_first']:8.2f}x {r['peak_mem_mib']:9.0f}")
     out = args.out or os.path.join(os.path.dirname(__file__), "results", f"discriminator_{device.type}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
         json.dump(dict(device=device.type, device_name=name, torch=torch.__version__, threads=torch.get_num_threads(),
                        clock=args.clock,
-                       batch=args.batch, res=args.res, feat_res=args.feat_res or 224, rounds=args.rounds,
+                       batch=args.batch, res=args.res, feat_res=args.feat_res or 224, layout=args.layout,
+                       rounds=args.rounds,
                        date=time.strftime("%Y-%m-%d"), rows=rows), f, indent=2)
     print(f"wrote {out}")
 

@@ -123,7 +123,7 @@ def up_conv(kind):
 def resolved_config(args):
     """train.py's configuration for --cfg at --res/--batch (projected loss), as plain dicts."""
     opts, given = train.script_options(cfg=args.cfg, batch=args.batch, ngf=args.ngf, feat_res=args.feat_res,
-                                       metrics=[], workers=0)
+                                       csm_layout=args.layout, metrics=[], workers=0)
     return train.build_config(opts, given, world_size=1)
 
 
@@ -329,6 +329,8 @@ def main():
     p.add_argument("--ngf", type=int, default=None, help="FastGAN width (default: train.py's)")
     p.add_argument("--feat-res", type=int, default=None, help="backbone input size (default: train.py's)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--layout", default=None, choices=["official", "compact"],
+                   help="the projected D's CSM layout (train.py --csm-layout; default: train.py's)")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
     p.add_argument("--rounds", type=int, default=3, help="timed rounds per variant (after one warm-up round)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -378,7 +380,8 @@ def main():
         rows.append(dict(variant=v, **kind, iter_ms=t * 1e3, img_s=args.batch / t, speedup_vs_first=base / t,
                          all_ms=[x * 1e3 for x in times[v]]))
     name = torch.cuda.get_device_name() if device.type == "cuda" else (platform.processor() or platform.machine())
-    print(f"\nFull iteration, {args.cfg} {args.res}x{args.res}, batch {args.batch}, device {device.type} ({name}), "
+    print(f"\nFull iteration, {args.cfg} {args.res}x{args.res}, batch {args.batch}, "
+          f"D layout {c.D_kwargs.get('layout')}, device {device.type} ({name}), "
           f"threads {torch.get_num_threads()}, {args.clock} clock, median of {args.rounds} rounds")
     print(f"{'variant':<12} {'iter ms':>10} {'img/s':>8} {'vs ' + variants[0]:>12}")
     for r in rows:
@@ -386,7 +389,8 @@ def main():
     out = args.out or os.path.join(os.path.dirname(__file__), "results", f"iteration_{device.type}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w", encoding="utf-8") as f:
-        json.dump(dict(cfg=args.cfg, res=args.res, batch=args.batch, device=device.type, device_name=name,
+        json.dump(dict(cfg=args.cfg, res=args.res, batch=args.batch, layout=c.D_kwargs.get("layout"),
+                       device=device.type, device_name=name,
                        torch=torch.__version__, threads=torch.get_num_threads(), clock=args.clock,
                        rounds=args.rounds, date=time.strftime("%Y-%m-%d"), official=official_commit(args.official),
                        rows=rows, profile=profiled), f, indent=2)

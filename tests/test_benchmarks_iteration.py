@@ -183,3 +183,19 @@ def test_official_row_names_a_missing_dependency_of_their_code(checkout):
     with pytest.raises(SystemExit, match="--official: importing its train.py failed: .*dill_not_installed_here"):
         bench_iteration.make_official(checkout, args, torch.device("cpu"))
     assert "pg_modules" not in sys.modules and "dnnlib" not in sys.modules  # ours are back after the failure
+
+
+@pytest.mark.parametrize("layout,expected", [(None, "official"), ("compact", "compact"), ("official", "official")])
+def test_layout_option_reaches_both_benchmarks_discriminators(layout, expected):
+    """--layout picks the projected D's CSM design in both benchmarks (default: train.py's), so the recorded
+    figures say which design they measured; bench_discriminator's fast_compact variant is always compact."""
+    import argparse
+
+    import bench_discriminator
+
+    args = argparse.Namespace(cfg="fastgan_lite", batch=2, ngf=8, feat_res=32, layout=layout)
+    assert bench_iteration.resolved_config(args).D_kwargs["layout"] == expected
+    args = argparse.Namespace(feat_res=32, layout=layout or "official")
+    for variant in ("fast", "plain", "fast_compact"):
+        D = bench_discriminator.build_D(variant, args, torch.device("cpu"))
+        assert D.layout == ("compact" if variant == "fast_compact" else expected)
