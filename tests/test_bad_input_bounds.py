@@ -430,3 +430,23 @@ def test_the_memory_estimate_is_computed_for_every_configuration(tmp_path, cfg, 
         parts[batch] = train.check_memory_estimate(c, common, *c.pop("_probes"), use_cuda=False, given=given)
     assert parts[4]["weights"] > 0 and parts[4]["activations"] > 0
     assert parts[8]["activations"] == 2 * parts[4]["activations"] and parts[8]["weights"] == parts[4]["weights"]
+
+
+def test_a_snapshot_whose_D_config_does_not_fit_its_weights_is_refused_before_building(tmp_path):
+    """The projected D is built on the meta device to compare shapes first, like the generator (its BatchNorm
+    folding skips its numerical check there)."""
+    spec = dict(class_name="projector_plugin.ProjectedDiscriminator", feat_res=32, c_dim=0, img_resolution=32,
+                img_channels=3, pretrained=False, layout="official")
+    D = snapshot.build_network(spec)
+    G = snapshot.build_network(dict(class_name="training.networks_fastgan.Generator", z_dim=8, c_dim=0, w_dim=8,
+                                    img_resolution=32, img_channels=3, ngf=4, lite=True))
+    path = str(tmp_path / "crafted.pt")
+    # proj_width 64 -> 8192: the CSM/mini-D widths follow it (a network of several GB).
+    snapshot.save_snapshot(path, networks=dict(G=dict(class_name="training.networks_fastgan.Generator", z_dim=8,
+                                                      c_dim=0, w_dim=8, img_resolution=32, img_channels=3, ngf=4,
+                                                      lite=True), D=dict(spec, proj_width=8192)),
+                           G=G, G_ema=G, D=D, progress=dict(cur_nimg=4))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(snapshot.SnapshotError, match="D weights do not fit the network its config describes"):
+        snapshot.load_discriminator(path)
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 < 200e6

@@ -673,11 +673,11 @@ PROJECTED_D = "projector_plugin.ProjectedDiscriminator"
 
 def _fits(spec: Dict[str, Any], state: Dict[str, Any]) -> bool:
     """Whether the stored (trainable) D entries of `state` have the names and shapes of the D `spec` builds. The
-    D is built without its pretrained weights and on a forked RNG: only shapes matter, and nothing else changes."""
+    D is built on the meta device (shapes only: no memory, no pretrained weights) and on a forked RNG."""
     kwargs = {k: v for k, v in spec.items() if k != "class_name"}
     kwargs["pretrained"] = False
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
             net = _resolve_allowed_class(PROJECTED_D, None, (), "a network")(**kwargs)
     except (TypeError, ValueError):
         return False
@@ -713,8 +713,9 @@ def load_discriminator(path: str, device: Any = "cpu", extra_classes: Iterable[s
     path = resolve_network_path(path)
     if "D" not in data or "D" not in data["networks"]:
         raise SnapshotError(f"snapshot '{path}' has no discriminator weights")
-    spec = data["networks"]["D"]
-    net = build_network(legacy_d_spec(spec, data["D"], spec), extra_classes, device="cpu", path=path)
+    spec = legacy_d_spec(data["networks"]["D"], data["D"], data["networks"]["D"])
+    check_state_fits(spec, data["D"], path, extra_classes, "D", optional=(data.get("D_rebuilt") or {}).get("keys", ()))
+    net = build_network(spec, extra_classes, device="cpu", path=path)
     load_state(net, data, "D", path)
     return net.eval().requires_grad_(False).to(device)
 
