@@ -53,6 +53,13 @@ def _isolate(official: str) -> None:
     official = os.path.abspath(official)
     if not os.path.isfile(os.path.join(official, "train.py")):
         sys.exit(f"--official: '{official}' has no train.py; give the root of a checkout")
+    # The shims need this checkout's projector_plugin (it imports nothing the official code defines): import it
+    # now, while this checkout can be put on sys.path, so that no installed copy is needed.
+    sys.path.insert(0, REPO)
+    try:
+        import projector_plugin.feature_networks  # noqa: F401
+    finally:
+        sys.path.remove(REPO)
     ours = {os.path.abspath(p) for p in (REPO, os.path.dirname(os.path.abspath(__file__)), "")}
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") not in ours]
     sys.path.insert(0, official)
