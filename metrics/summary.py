@@ -69,19 +69,16 @@ def _line_kimg(line: dict) -> Optional[float]:
     return None
 
 
-def read_metric_points(run_dir: str) -> Dict[str, List[dict]]:
-    """{result name: [dict(metric, result, value, kimg, snapshot_pkl, timestamp)]} from run_dir/metric-*.jsonl.
-
-    Every finite value is kept (kimg may be None, e.g. for folder-vs-folder results); malformed lines are
-    skipped with a RuntimeWarning naming the file and line.
-    """
-    points: Dict[str, List[dict]] = {}
+def _result_lines(run_dir: str, warn: bool = True):
+    """Yield (path, line) for every metric result line of run_dir/metric-*.jsonl, in file order. Unreadable files
+    and lines (e.g. half-written by a crash) are skipped, with a RuntimeWarning naming them when `warn`."""
     for path in sorted(glob.glob(os.path.join(glob.escape(run_dir), "metric-*.jsonl"))):
         try:
             with open(path, encoding="utf-8", errors="replace") as f:
                 lines = f.readlines()
         except OSError as err:
-            warnings.warn(f"cannot read {path}: {err}", RuntimeWarning, stacklevel=2)
+            if warn:
+                warnings.warn(f"cannot read {path}: {err}", RuntimeWarning, stacklevel=3)
             continue
         for lineno, text in enumerate(lines, 1):
             if not text.strip():
@@ -91,18 +88,30 @@ def read_metric_points(run_dir: str) -> Dict[str, List[dict]]:
                 if not isinstance(line, dict) or not isinstance(line.get("results"), dict):
                     raise ValueError("not a metric result line")
             except ValueError as err:
-                warnings.warn(f"{path}:{lineno}: skipping an unreadable line ({err})", RuntimeWarning,
-                              stacklevel=2)
+                if warn:
+                    warnings.warn(f"{path}:{lineno}: skipping an unreadable line ({err})", RuntimeWarning,
+                                  stacklevel=3)
                 continue
-            metric = str(line.get("metric", os.path.basename(path)[len("metric-"):-len(".jsonl")]))
-            snap = line.get("snapshot_pkl") if isinstance(line.get("snapshot_pkl"), str) else None
-            timestamp = line.get("timestamp") if isinstance(line.get("timestamp"), (int, float)) else 0.0
-            kimg = _line_kimg(line)
-            for name, value in line["results"].items():
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                    continue
-                points.setdefault(str(name), []).append(dict(metric=metric, result=str(name), value=float(value),
-                                                             kimg=kimg, snapshot_pkl=snap, timestamp=timestamp))
+            yield path, line
+
+
+def read_metric_points(run_dir: str) -> Dict[str, List[dict]]:
+    """{result name: [dict(metric, result, value, kimg, snapshot_pkl, timestamp)]} from run_dir/metric-*.jsonl.
+
+    Every finite value is kept (kimg may be None, e.g. for folder-vs-folder results); malformed lines are
+    skipped with a RuntimeWarning naming the file and line.
+    """
+    points: Dict[str, List[dict]] = {}
+    for path, line in _result_lines(run_dir):
+        metric = str(line.get("metric", os.path.basename(path)[len("metric-"):-len(".jsonl")]))
+        snap = line.get("snapshot_pkl") if isinstance(line.get("snapshot_pkl"), str) else None
+        timestamp = line.get("timestamp") if isinstance(line.get("timestamp"), (int, float)) else 0.0
+        kimg = _line_kimg(line)
+        for name, value in line["results"].items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                continue
+            points.setdefault(str(name), []).append(dict(metric=metric, result=str(name), value=float(value),
+                                                         kimg=kimg, snapshot_pkl=snap, timestamp=timestamp))
     return points
 
 
@@ -252,34 +261,21 @@ def inherit_metric_history(source_run_dir: str, run_dir: str, up_to_kimg: float)
     if os.path.abspath(source_run_dir) == os.path.abspath(run_dir) or glob.glob(
             os.path.join(glob.escape(run_dir), "metric-*.jsonl")):
         return 0
-    copied = 0
-    for path in sorted(glob.glob(os.path.join(glob.escape(source_run_dir), "metric-*.jsonl"))):
-        kept = []
-        try:
-            with open(path, encoding="utf-8", errors="replace") as f:
-                lines = f.readlines()
-        except OSError as err:
-            warnings.warn(f"cannot read {path}: {err}", RuntimeWarning, stacklevel=2)
+    kept: Dict[str, List[str]] = {}  # file name -> lines, in file order
+    for path, line in _result_lines(source_run_dir, warn=False):  # the source run's own summaries warn about it
+        kimg = _line_kimg(line)
+        if kimg is None or kimg > up_to_kimg + 1e-9:
             continue
-        for text in lines:
-            try:
-                line = json.loads(text)
-            except ValueError:
-                continue  # read_metric_points warns about it in the source run; nothing to carry over
-            if not isinstance(line, dict) or not isinstance(line.get("results"), dict):
-                continue
-            kimg = _line_kimg(line)
-            if kimg is None or kimg > up_to_kimg + 1e-9:
-                continue
-            snap = line.get("snapshot_pkl")
-            if isinstance(snap, str) and snap and not os.path.isabs(snap):
-                line["snapshot_pkl"] = os.path.relpath(os.path.join(source_run_dir, snap), run_dir)
-            line.setdefault("kimg", kimg)
-            kept.append(json.dumps(line) + "\n")
-        if kept:
-            data = "".join(kept).encode("utf-8")
-            util.atomic_write(os.path.join(run_dir, os.path.basename(path)), lambda f, data=data: f.write(data))
-            copied += len(kept)
+        snap = line.get("snapshot_pkl")
+        if isinstance(snap, str) and snap and not os.path.isabs(snap):
+            line["snapshot_pkl"] = os.path.relpath(os.path.join(source_run_dir, snap), run_dir)
+        line.setdefault("kimg", kimg)
+        kept.setdefault(os.path.basename(path), []).append(json.dumps(line) + "\n")
+    copied = 0
+    for name, lines in kept.items():
+        data = "".join(lines).encode("utf-8")
+        util.atomic_write(os.path.join(run_dir, name), lambda f, data=data: f.write(data))
+        copied += len(lines)
     if copied:
         update_run_summaries(run_dir)
     return copied
