@@ -679,8 +679,8 @@ def _fits(spec: Dict[str, Any], state: Dict[str, Any]) -> bool:
     try:
         with torch.random.fork_rng(devices=[]), torch.device("meta"):
             net = _resolve_allowed_class(PROJECTED_D, None, (), "a network")(**kwargs)
-    except (TypeError, ValueError):
-        return False
+    except (TypeError, ValueError, RuntimeError, NotImplementedError):
+        return False  # not this design (or options the meta device cannot build): loading then names the mismatch
     own = {k: tuple(v.shape) for k, v in net.state_dict().items()
            if not k.startswith(("feature_network.", "projection."))}
     stored = {k: tuple(v.shape) for k, v in state.items() if not k.startswith(("feature_network.", "projection."))}
