@@ -75,8 +75,9 @@ def eval_points(batch: int, total_kimg: float, kimgs) -> list:
 
 def arm_args(arm: str, s: dict, seed: int, outdir: str) -> list:
     """The command line of one run."""
+    kimg = math.ceil(s["kimg"]) if arm == "official" else s["kimg"]  # their CLI takes whole kimg only
     common = [f"--outdir={outdir}", f"--cfg={s['cfg']}", f"--data={s['data']}", "--gpus=1", f"--batch={s['batch']}",
-              f"--kimg={s['kimg']:g}", "--tick=1", "--snap=1", f"--mirror={int(s['mirror'])}", "--metrics=none",
+              f"--kimg={kimg:g}", "--tick=1", "--snap=1", f"--mirror={int(s['mirror'])}", "--metrics=none",
               "--workers=1", f"--seed={seed}"]
     if s["cfg"] == "stylegan2":
         common += [f"--cbase={s['cbase']}", f"--cmax={s['cmax']}"]
@@ -180,6 +181,23 @@ def lock_study(study_dir: str):
     return f
 
 
+def wait_for_last_snapshot(proc, run_dir: str, last_nimg: int, poll: float = 10.0) -> bool:
+    """Wait for the run to end; stop it once the snapshot of the last point is written completely (size unchanged
+    over one poll). The official CLI only takes whole kimg, so it would train on to the next one for nothing.
+    Returns whether the run was stopped here."""
+    size = None
+    while proc.poll() is None:
+        time.sleep(poll)
+        path = find_snapshots(run_dir).get(last_nimg)
+        new_size = os.path.getsize(path) if path and os.path.isfile(path) else None
+        if new_size and new_size == size:
+            proc.terminate()
+            proc.wait()
+            return True
+        size = new_size
+    return False
+
+
 def train_run(study: dict, arm: str, seed: int, log) -> None:
     s = study["settings"]
     key = run_key(arm, seed)
@@ -199,9 +217,10 @@ def train_run(study: dict, arm: str, seed: int, log) -> None:
     log(f"[{key}] training: {run['command']}")
     t0 = time.time()
     with open(os.path.join(study["_dir"], arm, f"s{seed}.log"), "w") as out:
-        proc = subprocess.run(args, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(args, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        stopped = wait_for_last_snapshot(proc, outdir, s["eval_points"][-1])
     run["train_seconds"] = round(time.time() - t0, 1)
-    if proc.returncode != 0:
+    if proc.returncode != 0 and not stopped:
         raise click.ClickException(f"[{key}] training failed (exit status {proc.returncode}); see "
                                    f"{os.path.join(study['_dir'], arm, f's{seed}.log')}")
     run["sec_per_kimg"] = sec_per_kimg(outdir)

@@ -50,6 +50,24 @@ def test_arms_share_everything_but_what_they_compare(cfg):
         assert f"--separable={int(cfg == 'stylegan2')}" in args[arm]
 
 
+def test_official_cli_gets_whole_kimg_and_is_stopped_at_the_last_point(tmp_path):
+    """Their --kimg is an integer: the official arm trains to the next whole kimg, and the runner stops it once the
+    snapshot of the last evaluated point is complete instead of paying for the images past it."""
+    s = dict(_settings("fastgan_lite"), kimg=8.08)
+    assert "--kimg=9" in parity_official.arm_args("official", s, 0, "/out")
+    assert "--kimg=8.08" in parity_official.arm_args("ours_equal", s, 0, "/out")
+    import subprocess
+
+    snap = tmp_path / "00000-run" / "network-snapshot-000008.080.pkl"
+    script = f"import os, time; os.makedirs({str(snap.parent)!r}); open({str(snap)!r}, 'wb').write(b'x' * 10); " \
+             "time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    assert parity_official.wait_for_last_snapshot(proc, str(tmp_path), 8080, poll=0.5) is True
+    assert proc.returncode is not None  # terminated, not waited out
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    assert parity_official.wait_for_last_snapshot(done, str(tmp_path / "none"), 8080, poll=0.1) is False
+
+
 def test_summary_is_mean_and_range_over_seeds():
     study = dict(runs={
         "official/s0": dict(arm="official", seed=0, points={"2032": dict(nimg=2032, results={"fid2k_full": 100.0})}),
