@@ -44,7 +44,7 @@ def test_shipped_file_is_the_documented_one():
     assert data["progress"]["cur_nimg"] == round(manifest["kimg"] * 1000)
 
 
-def test_readme_line_reproduces_the_reference_images(tmp_path):
+def test_readme_line_reproduces_the_reference_images(tmp_path, monkeypatch):
     """`python gen_images.py --network=pretrained/... --seeds=0-63 --outdir=out`, as the README says, from the
     repository root; seeds 0-3 must match the stored PNGs (float16 weights, float32 compute on the CPU: the same
     arithmetic on every machine up to BLAS summation order, hence a 2/255 tolerance)."""
@@ -52,13 +52,9 @@ def test_readme_line_reproduces_the_reference_images(tmp_path):
         assert "python gen_images.py --network=pretrained/fluent-emoji-64-fastgan-lite.pt --seeds=0-63 --outdir=out" \
             in f.read()
     out = tmp_path / "out"
-    cwd = os.getcwd()
-    os.chdir(REPO)
-    try:
-        result = CliRunner().invoke(gen_images.main, ["--network=pretrained/fluent-emoji-64-fastgan-lite.pt",
-                                                      "--seeds=0-63", f"--outdir={out}", "--device=cpu"])
-    finally:
-        os.chdir(cwd)
+    monkeypatch.chdir(REPO)  # the README's relative path, as a user types it in the repository root
+    result = CliRunner().invoke(gen_images.main, ["--network=pretrained/fluent-emoji-64-fastgan-lite.pt",
+                                                  "--seeds=0-63", f"--outdir={out}", "--device=cpu"])
     assert result.exit_code == 0, result.output
     assert len(list(out.glob("seed*.png"))) == 64
     for seed in REFERENCE_SEEDS:
